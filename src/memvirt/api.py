@@ -1,0 +1,123 @@
+"""The Python API: ``simulate(trace, config, mode) -> Result``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import counters as K
+from . import state as X
+from .config import Config
+from .engine import Machine
+from .errors import ConfigError
+from .result import Result, sample_dict
+from .trace.base import DEFAULT_CHUNK, open_trace
+
+MODE_CHOICES = ("native", "shadow", "nested", "selective")
+
+
+def resolve_config(config) -> Config:
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return Config.from_dict(config)
+    if isinstance(config, str | Path):
+        return Config.load(config)
+    raise ConfigError(f"config must be a Config, a dict or a TOML path, not {type(config).__name__}")
+
+
+def simulate(trace, config=None, mode: str = "native", policy=None, *,
+             chunk_records: int = DEFAULT_CHUNK, progress=None) -> Result:
+    """Replay ``trace`` (a ``Trace``, a trace source or a file path) under ``mode``.
+
+    ``mode`` is native, shadow, nested or selective; for selective, ``policy`` is a
+    policy name, ``module:Class`` or a ``Policy`` instance (default: config
+    ``selective.policy``).  ``progress(records_done)`` is called after every chunk.
+    """
+    cfg = resolve_config(config)
+    if mode not in MODE_CHOICES:
+        raise ConfigError(f"unknown mode '{mode}'; expected one of {', '.join(MODE_CHOICES)}")
+    src = open_trace(trace)
+    selective = mode == "selective"
+    pol = None
+    if selective:
+        from .policy import make_policy
+
+        pol = make_policy(policy if policy is not None else cfg.selective.policy, cfg)
+        start = X.MODES[cfg.selective.start_mode]
+    else:
+        start = X.MODES[mode]
+    m = Machine(cfg, start)
+    period = cfg.selective.period_instructions
+    m.boundary = np.int64(period)
+    stlb_on = cfg.hw.stlb.entries > 0
+    samples: list[dict] = []
+    decisions: list[dict] = []
+    prev = np.zeros(K.NCOUNTERS, np.int64)
+    state = {"start": 0}
+
+    def take_sample() -> dict:
+        delta = m.C - prev
+        s = sample_dict(len(samples), state["start"], delta,
+                        X.MODE_NAMES[int(m.S[X.S_MODE])], cfg.cost, stlb_on)
+        samples.append(s)
+        prev[:] = m.C
+        state["start"] = int(m.C[K.INSTR])
+        return s
+
+    def on_period() -> None:
+        take_sample()
+        if pol is not None:
+            cur = X.MODE_NAMES[int(m.S[X.S_MODE])]
+            new, reason = pol.decide(samples, cur)
+            decisions.append({"period": len(samples) - 1, "from": cur, "to": new,
+                              "reason": reason})
+            if new != cur:
+                if new not in ("shadow", "nested"):
+                    raise ConfigError(f"policy returned mode '{new}'; expected shadow or nested")
+                m.switch(X.MODES[new])
+        m.boundary = np.int64((int(m.C[K.INSTR]) // period + 1) * period)
+
+    for chunk in src.chunks(chunk_records):
+        m.run_chunk(chunk, on_period)
+        if progress is not None:
+            progress(m.records_done)
+    if int(m.C[K.INSTR]) > state["start"] or not samples or np.any(m.C != prev):
+        take_sample()
+
+    meta = dict(getattr(src, "meta", {}) or {})
+    res = Result(mode=mode, counters=m.C.copy(), config=cfg.to_dict(), cost=cfg.cost,
+                 stlb_enabled=stlb_on, records=m.records_done, trace=_trace_summary(meta),
+                 samples=samples)
+    if selective:
+        res.policy = getattr(pol, "name", type(pol).__name__)
+        res.selective = _selective_summary(samples, decisions, pol)
+    return res
+
+
+def _trace_summary(meta: dict) -> dict:
+    keep = ("name", "source", "path", "command", "generator", "params", "capture_date",
+            "tool_versions", "content_id")
+    return {k: meta[k] for k in keep if k in meta}
+
+
+def _selective_summary(samples: list[dict], decisions: list[dict], pol) -> dict:
+    instr_in: dict[str, int] = {"nested": 0, "shadow": 0}
+    cyc_in: dict[str, float] = {"nested": 0.0, "shadow": 0.0}
+    for s in samples:
+        instr_in[s["mode"]] = instr_in.get(s["mode"], 0) + s["instructions"]
+        cyc_in[s["mode"]] = cyc_in.get(s["mode"], 0.0) + s["cycles"]
+    switches = sum(1 for d in decisions if d["to"] != d["from"])
+    total_cyc = sum(cyc_in.values()) or 1.0
+    return {
+        "policy": getattr(pol, "name", type(pol).__name__),
+        "switches": switches,
+        "instructions_in_mode": instr_in,
+        "cycles_in_mode": cyc_in,
+        "time_fraction_in_mode": {k: v / total_cyc for k, v in cyc_in.items()},
+        "decisions": decisions,
+        "is_bound": bool(getattr(pol, "is_bound", False)),
+    }

@@ -1,0 +1,338 @@
+"""One typed configuration schema: TOML files plus ``--set key=value`` overrides.
+
+Every cost parameter has a name, a unit (in its name or description), a default
+and a comment saying where the default comes from.  The defaults describe a
+Nehalem-class machine like the one of the selective-paging study (VEE 2011);
+``profiles/*.toml`` hold named machines (``--profile nehalem-2010``, ``modern``).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CacheGeometry(_Section):
+    """A set-associative LRU structure; ``entries = 0`` disables it."""
+
+    entries: int = Field(64, ge=0, description="number of entries (sets x ways); 0 disables")
+    ways: int = Field(4, ge=1, description="associativity")
+
+    @model_validator(mode="after")
+    def _sets_power_of_two(self):
+        if self.entries:
+            if self.entries % self.ways:
+                raise ValueError(f"entries ({self.entries}) must be a multiple of ways ({self.ways})")
+            sets = self.entries // self.ways
+            if sets & (sets - 1):
+                raise ValueError(f"entries/ways = {sets} sets must be a power of two")
+        return self
+
+    @property
+    def sets(self) -> int:
+        return self.entries // self.ways if self.entries else 0
+
+
+def _geom(entries: int, ways: int, doc: str):
+    return Field(default_factory=lambda: CacheGeometry(entries=entries, ways=ways), description=doc)
+
+
+class GuestConfig(_Section):
+    levels: int = Field(4, description="guest page-table levels: 2 (32-bit), 3 (PAE), 4, 5 (LA57)")
+    munmap_flush_ceiling: int = Field(
+        33, ge=0,
+        description="pages above which munmap flushes the whole TLB instead of per-page INVLPG "
+        "(Linux tlb_single_page_flush_ceiling = 33)",
+    )
+    max_processes: int = Field(4096, ge=1, le=4096, description="processes alive at once (ASID slots)")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v):
+        if v not in (2, 3, 4, 5):
+            raise ValueError("must be 2, 3, 4 or 5")
+        return v
+
+    @property
+    def va_bits(self) -> int:
+        return {2: 32, 3: 32, 4: 48, 5: 57}[self.levels]
+
+
+class HostConfig(_Section):
+    ept_levels: int = Field(4, description="nested (EPT/NPT) table levels: 4 or 5")
+    page_size: Literal[4096, 2097152] = Field(
+        4096, description="host page size backing guest memory in bytes (4 KiB or 2 MiB)"
+    )
+
+    @field_validator("ept_levels")
+    @classmethod
+    def _levels(cls, v):
+        if v not in (4, 5):
+            raise ValueError("must be 4 or 5")
+        return v
+
+
+class PteCacheConfig(CacheGeometry):
+    """Data-cache model for page-table-entry reads made by walks (64-byte lines)."""
+
+    entries: int = Field(
+        4096, ge=0, description="64-byte lines; 4096 = 256 KiB, Nehalem's L2; 0 disables"
+    )
+    ways: int = Field(8, ge=1, description="associativity (Nehalem L2: 8-way)")
+
+
+class HardwareConfig(_Section):
+    itlb: CacheGeometry = _geom(128, 4, "L1 instruction TLB, 4 KiB pages (Nehalem: 128, 4-way)")
+    dtlb: CacheGeometry = _geom(64, 4, "L1 data TLB, 4 KiB pages (Nehalem: 64, 4-way)")
+    stlb: CacheGeometry = _geom(512, 4, "unified L2 TLB (Nehalem STLB: 512, 4-way)")
+    psc: CacheGeometry = _geom(
+        32, 4, "paging-structure cache per upper level (PML4E/PDPTE/PDE caches), "
+        "per Intel SDM 4.10.3; sizes are not published, 32 is a common estimate"
+    )
+    nested_tlb: CacheGeometry = _geom(
+        32, 4, "nested TLB gPA->hPA used by 2D walks (Bhargava et al. ASPLOS 2008)"
+    )
+    nested_psc: CacheGeometry = _geom(
+        16, 4, "paging-structure cache per upper EPT level (nested dimension)"
+    )
+    pte_cache: PteCacheConfig = Field(default_factory=PteCacheConfig)
+    pcid: bool = Field(True, description="TLB entries tagged by address space (no flush on CR3 load)")
+    vpid: bool = Field(True, description="TLB entries tagged by VM (no flush on VM exit/entry)")
+
+
+class VmmConfig(_Section):
+    out_of_sync: bool = Field(
+        True, description="Xen Shadow 3: leaf shadow pages go out of sync; writes to them stop "
+        "trapping until the next CR3 load (on by default in Xen 3.3)"
+    )
+    oos_pages: int = Field(3, ge=1, description="out-of-sync pages at once (Xen SHADOW_OOS_PAGES)")
+
+
+class CostConfig(_Section):
+    """Cycles per event.  Defaults: a 2.8 GHz Nehalem (Core i7-860) running Xen 3.3."""
+
+    base_cpi: float = Field(
+        1.0, ge=0, description="cycles per instruction with perfect translation "
+        "(SPEC CPU2006 mean CPI on Nehalem is about 1)"
+    )
+    stlb_hit: float = Field(7.0, ge=0, description="cycles for an L1 TLB miss that hits the L2 TLB "
+                            "(Intel optimization manual, Nehalem STLB: 7)")
+    walk_base: float = Field(2.0, ge=0, description="fixed cycles per page walk (walker start-up)")
+    pte_cache_hit: float = Field(
+        10.0, ge=0, description="cycles per walk reference that hits the PTE cache "
+        "(Nehalem L2 latency: 10)")
+    pte_cache_miss: float = Field(
+        40.0, ge=0, description="cycles per walk reference that misses (Nehalem L3 ~38; walks "
+        "mostly find PTEs in L3)")
+    psc_hit: float = Field(0.0, ge=0, description="extra cycles for a paging-structure-cache hit")
+    nested_tlb_hit: float = Field(1.0, ge=0, description="cycles per nested TLB hit in a 2D walk")
+    guest_fault: float = Field(
+        3000.0, ge=0, description="guest kernel demand-fault handler incl. zeroing the page "
+        "(~1 us on Linux 2.6, native)")
+    guest_cow_fault: float = Field(
+        4000.0, ge=0, description="guest copy-on-write fault incl. copying 4 KiB")
+    guest_syscall: float = Field(
+        500.0, ge=0, description="guest mmap/munmap/brk syscall path excluding PTE work")
+    guest_pte_update: float = Field(
+        20.0, ge=0, description="guest cycles per PTE written/cleared in bulk (fork, munmap, exit)")
+    guest_context_switch: float = Field(
+        2000.0, ge=0, description="guest scheduler context switch incl. CR3 load (native ~1-2 us)")
+    guest_process: float = Field(
+        50000.0, ge=0, description="guest fork/exec/exit fixed work (native, ~20 us)")
+    invlpg: float = Field(100.0, ge=0, description="cycles of one INVLPG (native)")
+    tlb_flush: float = Field(200.0, ge=0, description="cycles of a full TLB flush (native)")
+    vm_exit: float = Field(
+        1600.0, ge=0, description="VM exit + VM entry round trip (KVM on Sandy Bridge-E: "
+        "1,600-1,700 cycles for an empty VMCALL; Nehalem is a little slower)")
+    hv_pf_true: float = Field(
+        4000.0, ge=0, description="VMM work for a true guest fault under shadow: walk the guest "
+        "table, find it not present, inject the #PF")
+    hv_pf_hidden: float = Field(
+        5000.0, ge=0, description="VMM work for a hidden fault: walk the guest table and fill the "
+        "shadow path (Xen sh_page_fault)")
+    hv_pte_write: float = Field(
+        6000.0, ge=0, description="VMM work to emulate a write to a write-protected guest "
+        "page-table page and propagate it to the shadow (x86 emulator + validation)")
+    hv_cr3: float = Field(2000.0, ge=0, description="VMM work for a guest CR3 load under shadow")
+    hv_invlpg: float = Field(1000.0, ge=0, description="VMM work for a guest INVLPG under shadow")
+    hv_ept_violation: float = Field(
+        3000.0, ge=0, description="VMM work to back a guest frame with a host frame")
+    hv_shadow_page_free: float = Field(
+        500.0, ge=0, description="VMM work per shadow page torn down (process exit, mode switch)")
+    hv_oos_resync: float = Field(
+        2000.0, ge=0, description="VMM work to resync one out-of-sync leaf shadow page")
+    hv_process: float = Field(
+        10000.0, ge=0, description="VMM work to set up or tear down a process's shadow root")
+    mode_switch: float = Field(
+        100000.0, ge=0, description="VMM work to switch the VM between shadow and nested "
+        "(reload roots, flush, pause/resume the vCPU), excluding the shadow refill that follows")
+    clock_ghz: float = Field(2.8, gt=0, description="clock for reporting ns (Core i7-860: 2.8 GHz)")
+
+
+class SelectiveConfig(_Section):
+    period_instructions: int = Field(
+        10_000_000, ge=1000,
+        description="sampling period in retired instructions.  The study sampled every 5 s "
+        "(~10^10 instructions); traces of 10^8-10^10 instructions need a shorter period to give "
+        "10-1000 samples, while one period must still amortise a shadow refill: 10^7.")
+    start_mode: Literal["nested", "shadow"] = Field("nested", description="mode of the first period")
+    policy: str = Field("dsp", description="switching policy: static, dsp, cost, oracle, or module:Class")
+    policy_params: dict[str, Any] = Field(default_factory=dict, description="policy parameters")
+
+
+class Config(_Section):
+    guest: GuestConfig = Field(default_factory=GuestConfig)
+    host: HostConfig = Field(default_factory=HostConfig)
+    hw: HardwareConfig = Field(default_factory=HardwareConfig)
+    vmm: VmmConfig = Field(default_factory=VmmConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
+    selective: SelectiveConfig = Field(default_factory=SelectiveConfig)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | dict | None = None,
+             profile: str | None = None) -> Config:
+        data: dict = {}
+        if profile:
+            data = _deep_merge(data, load_profile_dict(profile))
+        if path:
+            data = _deep_merge(data, _read_toml(Path(path)))
+        if overrides:
+            items = overrides.items() if isinstance(overrides, dict) else (
+                _split_override(o) for o in overrides)
+            for key, value in items:
+                _set_dotted(data, key, value)
+        return cls.from_dict(data, source=str(path) if path else None)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None) -> Config:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_format_validation(e, source)) from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, overrides: dict | list[str]) -> Config:
+        data = copy.deepcopy(self.to_dict())
+        items = overrides.items() if isinstance(overrides, dict) else (
+            _split_override(o) for o in overrides)
+        for key, value in items:
+            _set_dotted(data, key, value)
+        return Config.from_dict(data)
+
+
+def profiles() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("memvirt.profiles").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_profile_dict(name: str) -> dict:
+    p = Path(name)
+    if p.suffix == ".toml" and p.exists():
+        return _read_toml(p)
+    f = resources.files("memvirt.profiles") / f"{name}.toml"
+    if not f.is_file():
+        raise ConfigError(f"unknown machine profile '{name}'; known: {', '.join(profiles())}")
+    return tomllib.loads(f.read_text())
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    return key.strip(), parse_value(raw.strip())
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML literal (1, 2.5, true, "x", [1,2]) or else the bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"bad config key '{key}'")
+    # Check the path against the schema so a typo names the key, not a pydantic path.
+    model: Any = Config
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            if isinstance(model, type) and issubclass(model, dict) or model is dict:
+                break
+            raise ConfigError(f"unknown config key '{key}' ('{'.'.join(parts[:i])}' has no fields)")
+        if part not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}'; '{part}' is not one of: {', '.join(fields)}")
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else dict
+        if model is dict and i < len(parts) - 1 and part != "policy_params":
+            raise ConfigError(f"unknown config key '{key}': '{part}' is a value, not a section")
+    d = data
+    for part in parts[:-1]:
+        d = d.setdefault(part, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"bad config key '{key}'")
+    d[parts[-1]] = value
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_validation(e: ValidationError, source: str | None) -> str:
+    msgs = []
+    for err in e.errors():
+        key = ".".join(str(x) for x in err["loc"] if not str(x).startswith("function-after"))
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"unknown config key '{key}'")
+        else:
+            msgs.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
+    prefix = f"{source}: " if source else ""
+    return prefix + "; ".join(msgs)
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(dotted key, default, description) for every parameter, for docs and `memvirt config`."""
+    rows: list[tuple[str, Any, str]] = []
+
+    def walk(model, prefix, inst):
+        for name, f in model.model_fields.items():
+            val = getattr(inst, name)
+            if isinstance(val, BaseModel):
+                walk(type(val), f"{prefix}{name}.", val)
+            else:
+                rows.append((f"{prefix}{name}", val, f.description or ""))
+
+    walk(Config, "", Config())
+    return rows

@@ -1,0 +1,135 @@
+"""Event counters produced by the engine, and the cost model that turns them into cycles.
+
+The compiled kernels only *count* events (walk references that hit or miss the PTE
+cache, exits by reason, faults...).  Cycles are a linear function of those counts,
+computed here from ``CostConfig``: so the same counters give the breakdown for a
+whole run or for one sampling period, policies can price "what the other mode
+would have cost", and the breakdown adds up to the total exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Counter indices (module-level ints are compile-time constants inside numba code).
+INSTR = 0
+ACCESSES = 1  # translations requested (a Lackey M counts twice, a page-crossing access twice)
+IFETCH = 2
+LOADS = 3
+STORES = 4
+ITLB_HIT = 5
+ITLB_MISS = 6
+DTLB_HIT = 7
+DTLB_MISS = 8
+STLB_HIT = 9
+STLB_MISS = 10
+WALKS = 11
+WALK_REFS = 12  # all memory references made by walks (both dimensions)
+WALK_REFS_NESTED = 13  # references into the nested (EPT) table
+REF_HIT = 14  # walk references that hit the PTE cache
+REF_MISS = 15
+PSC_HIT = 16
+NTLB_HIT = 17
+NTLB_MISS = 18
+NPSC_HIT = 19
+GPF_DEMAND = 20
+GPF_COW = 21
+EXIT_PF_TRUE = 22
+EXIT_PF_HIDDEN = 23
+EXIT_PTE_WRITE = 24
+EXIT_CR3 = 25
+EXIT_INVLPG = 26
+EXIT_EPT_VIOLATION = 27
+EXIT_POPULATE = 28
+SHADOW_FILLS = 29  # shadow entries filled (hidden faults and propagated writes)
+SHADOW_PAGES_FREED = 30
+OOS_RESYNCS = 31
+SHADOW_ROOTS = 32  # shadow roots built or torn down (process create/exit under shadow)
+CR3_LOADS = 33
+INVLPGS = 34
+TLB_FLUSHES = 35
+SYSCALLS = 36
+PTE_UPDATES = 37  # guest PTE writes done in bulk by the guest kernel (fork, munmap, exit)
+PROCESS_OPS = 38  # fork, exec, exit
+FORKS = 39
+EXECS = 40
+EXITS = 41
+MMAPS = 42
+MUNMAPS = 43
+BRKS = 44
+GUEST_FRAMES = 45  # guest frames allocated (data + page-table pages)
+HOST_FRAMES = 46  # 4 KiB host frames newly backing guest memory
+PT_PAGES = 47  # guest page-table pages allocated
+MODE_SWITCHES = 48
+SHADOW_PAGES = 49  # shadow pages built
+NCOUNTERS = 50
+
+NAMES = [
+    "instructions", "accesses", "ifetch", "loads", "stores",
+    "itlb_hits", "itlb_misses", "dtlb_hits", "dtlb_misses", "stlb_hits", "stlb_misses",
+    "walks", "walk_refs", "walk_refs_nested", "walk_ref_cache_hits", "walk_ref_cache_misses",
+    "psc_hits", "nested_tlb_hits", "nested_tlb_misses", "nested_psc_hits",
+    "guest_faults_demand", "guest_faults_cow",
+    "exit_pf_true", "exit_pf_hidden", "exit_pte_write", "exit_cr3", "exit_invlpg",
+    "exit_ept_violation", "exit_populate",
+    "shadow_fills", "shadow_pages_freed", "oos_resyncs", "shadow_roots",
+    "cr3_loads", "invlpgs", "tlb_flushes", "syscalls", "pte_updates", "process_ops",
+    "forks", "execs", "exits", "mmaps", "munmaps", "brks",
+    "guest_frames", "host_frames", "pt_pages", "mode_switches", "shadow_pages",
+]
+assert len(NAMES) == NCOUNTERS
+
+# VM exit reasons, their counter and the cost parameter for the VMM's work.
+EXIT_REASONS = {
+    "pf_true": (EXIT_PF_TRUE, "hv_pf_true"),
+    "pf_hidden": (EXIT_PF_HIDDEN, "hv_pf_hidden"),
+    "pte_write": (EXIT_PTE_WRITE, "hv_pte_write"),
+    "cr3_load": (EXIT_CR3, "hv_cr3"),
+    "invlpg": (EXIT_INVLPG, "hv_invlpg"),
+    "ept_violation": (EXIT_EPT_VIOLATION, "hv_ept_violation"),
+    "populate": (EXIT_POPULATE, "hv_ept_violation"),
+}
+
+BREAKDOWN_KEYS = (
+    "base", "tlb", "walk", "guest_fault", "guest_os",
+    *(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt", "mode_switch",
+)
+
+
+def exits_total(c: np.ndarray) -> int:
+    return int(sum(int(c[idx]) for idx, _ in EXIT_REASONS.values()))
+
+
+def breakdown(c: np.ndarray, cost) -> dict[str, float]:
+    """Cycles by category for a counter vector ``c`` under cost parameters ``cost``."""
+    c = [float(x) for x in c]
+    out = {
+        "base": c[INSTR] * cost.base_cpi,
+        "tlb": c[STLB_HIT] * cost.stlb_hit,
+        "walk": c[WALKS] * cost.walk_base + c[REF_HIT] * cost.pte_cache_hit
+        + c[REF_MISS] * cost.pte_cache_miss + c[PSC_HIT] * cost.psc_hit
+        + c[NTLB_HIT] * cost.nested_tlb_hit,
+        "guest_fault": c[GPF_DEMAND] * cost.guest_fault + c[GPF_COW] * cost.guest_cow_fault,
+        "guest_os": c[SYSCALLS] * cost.guest_syscall + c[PTE_UPDATES] * cost.guest_pte_update
+        + c[CR3_LOADS] * cost.guest_context_switch + c[PROCESS_OPS] * cost.guest_process
+        + c[INVLPGS] * cost.invlpg + c[TLB_FLUSHES] * cost.tlb_flush,
+    }
+    for reason, (idx, param) in EXIT_REASONS.items():
+        out[f"vmm_{reason}"] = c[idx] * (cost.vm_exit + getattr(cost, param))
+    out["vmm_shadow_mgmt"] = (c[SHADOW_PAGES_FREED] * cost.hv_shadow_page_free
+                              + c[OOS_RESYNCS] * cost.hv_oos_resync
+                              + c[SHADOW_ROOTS] * cost.hv_process)
+    out["mode_switch"] = c[MODE_SWITCHES] * cost.mode_switch
+    return out
+
+
+def total_cycles(bd: dict[str, float]) -> float:
+    """The total is by definition the sum of the breakdown, in its key order."""
+    t = 0.0
+    for k in BREAKDOWN_KEYS:
+        t += bd[k]
+    return t
+
+
+def as_dict(c: np.ndarray) -> dict[str, int]:
+    return {name: int(c[i]) for i, name in enumerate(NAMES)}

@@ -1,0 +1,357 @@
+"""The driver: validates trace chunks, runs them through the compiled kernels, keeps samples.
+
+Per chunk: ``prepare`` maps process ids to address-space slots and rejects bad
+records with a clear error (no bad value ever reaches compiled code); ``run_records``
+then processes records until the chunk ends, a sampling period ends, or a table
+needs to grow (the driver grows it and resumes).  At each period end the driver
+stores a sample (the counter deltas) and, in selective mode, asks the policy for
+the next period's mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from . import counters as K
+from . import state as X
+from .config import Config
+from .errors import TraceError
+from .guest import os as guest
+from .guest import pagetable as pt
+from .hw import cache as hwc
+from .hw.tlb import flush_nested, flush_tlbs
+from .trace.records import Kind, Trace
+from .vmm import shadow
+from .vmm.modes import access
+
+# ----------------------------------------------------------------------------- kernel
+
+
+@njit(cache=True)
+def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
+    """Process records [pos, end).  Returns (status, next record index)."""
+    S, C, slots, lim = st[0], st[1], st[17], st[19]
+    levels = S[X.S_LEVELS]
+    for r in range(pos, end):
+        k = kind[r]
+        s = slot[r]
+        # Room for what this record may add (a fork copies the parent's whole table).
+        need = 4 * levels + 16
+        if k == 11:
+            need += slots[s, X.SL_NUP] + slots[s, X.SL_NLEAF]
+        elif k == 12 or k == 13:
+            need += slots[s, X.SL_NSHADOW]
+        if (S[X.S_GUP_USED] + need > lim[X.LIM_GUP] or S[X.S_GLEAF_USED] + need > lim[X.LIM_GLEAF]
+                or S[X.S_SUP_USED] + need > lim[X.LIM_SUP]
+                or S[X.S_SLEAF_USED] + need > lim[X.LIM_SLEAF]
+                or S[X.S_EUP_USED] + need > lim[X.LIM_EUP]
+                or S[X.S_NEXT_GFN] + need > lim[X.LIM_GFN]
+                or S[X.S_HFREE_TOP] + need > lim[X.LIM_HFREE]):
+            S[X.S_NEED] = need
+            return X.ST_GROW, r
+        if slots[s, X.SL_ALIVE] == 0:  # a process already running when the trace starts
+            guest.new_address_space(st, s)
+        if s != S[X.S_CUR]:
+            guest.cr3_load(st, s)
+        if k <= 3:
+            va = np.int64(addr[r])
+            if k == 0:
+                C[K.IFETCH] += 1
+            elif k == 1:
+                C[K.LOADS] += 1
+            elif k == 2:
+                C[K.STORES] += 1
+            else:
+                C[K.LOADS] += 1
+                C[K.STORES] += 1
+            sz = np.int64(size[r])
+            last = va + (sz - 1 if sz > 0 else 0)
+            npages = (last >> 12) - (va >> 12) + 1
+            for p in range(npages):
+                a = va if p == 0 else ((va >> 12) + p) << 12
+                if k == 3:
+                    ok = access(st, s, a, 0, False) and access(st, s, a, 1, False)
+                else:
+                    ok = access(st, s, a, 1 if k == 2 else 0, k == 0)
+                if not ok:
+                    S[X.S_ERROR] = X.ERR_LOOP
+                    return X.ST_ERROR, r
+        elif k == 8:
+            C[K.SYSCALLS] += 1
+            C[K.MMAPS] += 1
+        elif k == 9:
+            C[K.SYSCALLS] += 1
+            C[K.MUNMAPS] += 1
+            guest.munmap(st, s, np.int64(addr[r]), np.int64(size[r]))
+        elif k == 10:
+            C[K.SYSCALLS] += 1
+            C[K.BRKS] += 1
+            guest.brk(st, s, np.int64(addr[r]))
+        elif k == 11:
+            guest.fork(st, s, arg[r])
+        elif k == 12:
+            guest.exec_(st, s)
+        elif k == 13:
+            guest.exit_(st, s)
+        C[K.INSTR] += icount[r]
+        if C[K.INSTR] >= boundary:
+            return X.ST_PERIOD, r + 1
+    return X.ST_DONE, end
+
+
+@njit(cache=True)
+def switch_mode(st, new_mode):
+    """Switch the whole VM between shadow and nested paging (the guest state is untouched).
+
+    nested -> shadow: the EPT/p2m is kept, every address space starts with an empty
+    shadow (filled on demand by hidden faults); shadow -> nested: every shadow is
+    destroyed and the EPT root loaded.  Both flush the TLBs (VPID/EP4TA change).
+    """
+    S, C, slots = st[0], st[1], st[17]
+    old = S[X.S_MODE]
+    if old == new_mode:
+        return
+    for s in range(slots.shape[0]):
+        if slots[s, X.SL_SROOT] >= 0:
+            shadow.destroy(st, s)
+    S[X.S_OOS_N] = 0
+    S[X.S_MODE] = new_mode
+    flush_tlbs(st)
+    flush_nested(st)
+    C[K.MODE_SWITCHES] += 1
+    cur = S[X.S_CUR]
+    if new_mode == X.MODE_SHADOW and cur >= 0:
+        shadow.new_root(st, cur)
+
+
+@njit(cache=True)
+def _prepare(kind, pid_ids, child_ids, alive, slot_of, free_slots, nfree, slot, arg):
+    """Assign address-space slots; returns (error code, record index, nfree).
+
+    alive[p]: 0 never seen, 1 alive, 2 exited.  All indices were bounded by the caller.
+    """
+    for r in range(kind.shape[0]):
+        p = pid_ids[r]
+        k = kind[r]
+        if alive[p] == 2:
+            return 1, r, nfree  # record of a process that has exited
+        if alive[p] == 0:
+            if nfree == 0:
+                return 2, r, nfree
+            nfree -= 1
+            slot_of[p] = free_slots[nfree]
+            alive[p] = 1
+        slot[r] = slot_of[p]
+        arg[r] = 0
+        if k == 11:
+            c = child_ids[r]
+            if alive[c] == 1:
+                return 3, r, nfree  # fork of a pid that is alive
+            if nfree == 0:
+                return 2, r, nfree
+            nfree -= 1
+            slot_of[c] = free_slots[nfree]
+            alive[c] = 1
+            arg[r] = slot_of[c]
+        elif k == 13:
+            alive[p] = 2
+            free_slots[nfree] = slot_of[p]
+            nfree += 1
+    return 0, -1, nfree
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class Machine:
+    """All state of one simulated machine (guest, VMM, hardware) between kernel calls."""
+
+    def __init__(self, config: Config, mode: int):
+        g, h, hw = config.guest, config.host, config.hw
+        self.config = config
+        self.va_bits = g.va_bits
+        S = np.zeros(X.NSCALARS, np.int64)
+        S[X.S_MODE] = mode
+        S[X.S_LEVELS] = g.levels
+        S[X.S_BITS] = 10 if g.levels == 2 else 9
+        S[X.S_EPT_LEVELS] = h.ept_levels
+        S[X.S_HOST_LEAF] = 0 if h.page_size == 4096 else 1
+        S[X.S_CUR] = -1
+        S[X.S_PCID] = int(hw.pcid)
+        S[X.S_VPID] = int(hw.vpid)
+        S[X.S_OOS] = int(config.vmm.out_of_sync)
+        S[X.S_OOS_MAX] = config.vmm.oos_pages
+        S[X.S_CEIL] = g.munmap_flush_ceiling
+        S[X.S_VA_PAGES] = 1 << (self.va_bits - 12)
+        S[X.S_EPT_ROOT] = 0
+        S[X.S_NEXT_HFN] = 1  # host frame 0 is the EPT root
+        self.S = S
+        self.C = np.zeros(K.NCOUNTERS, np.int64)
+        geoms = [(0, 0)] * hwc.NSTRUCT
+        geoms[hwc.ITLB] = (hw.itlb.sets, hw.itlb.ways)
+        geoms[hwc.DTLB] = (hw.dtlb.sets, hw.dtlb.ways)
+        geoms[hwc.STLB] = (hw.stlb.sets, hw.stlb.ways)
+        for lv in range(1, 5):
+            if lv < g.levels:
+                geoms[hwc.PSC0 + lv] = (hw.psc.sets, hw.psc.ways)
+            if lv < h.ept_levels:
+                geoms[hwc.NPSC0 + lv] = (hw.nested_psc.sets, hw.nested_psc.ways)
+        geoms[hwc.NTLB] = (hw.nested_tlb.sets, hw.nested_tlb.ways)
+        geoms[hwc.PTEC] = (hw.pte_cache.sets, hw.pte_cache.ways)
+        self.caches = hwc.allocate(geoms)
+        self.gup = pt.new_table(1024)
+        self.gleaf = pt.new_table(1 << 14)
+        self.sup = pt.new_table(1024)
+        self.sleaf = pt.new_table(1 << 14)
+        self.eup = pt.new_table(256)
+        gcap = 1 << 14
+        self.refcnt = np.zeros(gcap, np.int32)
+        self.p2m = np.full(self._p2m_len(gcap), -1, np.int64)
+        self.gfree = np.zeros(gcap, np.int64)
+        self.hfree = np.zeros(1 << 12, np.int64)
+        self.slots = np.zeros((config.guest.max_processes, X.NSLOTCOLS), np.int64)
+        self.slots[:, X.SL_SROOT] = -1
+        self.oos = np.zeros(config.vmm.oos_pages, np.int64)
+        self.lim = np.zeros(X.NLIMS, np.int64)
+        self._update_limits()
+        # process bookkeeping for prepare(): pid -> dense id
+        self.pid_ids: dict[int, int] = {}
+        self.alive = np.zeros(64, np.int8)
+        self.slot_of = np.zeros(64, np.int64)
+        self.free_slots = np.arange(config.guest.max_processes - 1, -1, -1, dtype=np.int64)
+        self.nfree = config.guest.max_processes
+        self.records_done = 0
+        self.boundary = np.int64(2**62)
+
+    def _p2m_len(self, gcap: int) -> int:
+        return gcap if self.S[X.S_HOST_LEAF] == 0 else (gcap >> 9) + 1
+
+    def _update_limits(self) -> None:
+        lim = self.lim
+        for i, t in ((X.LIM_GUP, self.gup), (X.LIM_GLEAF, self.gleaf), (X.LIM_SUP, self.sup),
+                     (X.LIM_SLEAF, self.sleaf), (X.LIM_EUP, self.eup)):
+            lim[i] = (t.shape[0] // pt.STRIDE) // 2
+        lim[X.LIM_GFN] = self.refcnt.shape[0]
+        lim[X.LIM_HFREE] = self.hfree.shape[0]
+
+    def state(self):
+        tag, stamp, val, geom, last, clock = self.caches
+        return (self.S, self.C, tag, stamp, val, geom, last, clock, self.gup, self.gleaf,
+                self.sup, self.sleaf, self.eup, self.refcnt, self.p2m, self.gfree, self.hfree,
+                self.slots, self.oos, self.lim)
+
+    def grow(self) -> None:
+        """Grow whatever the next record may overflow (tables rehashed, frame arrays extended)."""
+        S, need = self.S, int(self.S[X.S_NEED])
+        for name, used in (("gup", X.S_GUP_USED), ("gleaf", X.S_GLEAF_USED),
+                           ("sup", X.S_SUP_USED), ("sleaf", X.S_SLEAF_USED),
+                           ("eup", X.S_EUP_USED)):
+            t = getattr(self, name)
+            if S[used] + need > (t.shape[0] // pt.STRIDE) // 2:
+                nt = pt.grow(t, need)
+                setattr(self, name, nt)
+                S[used] = pt.live_count(nt)
+        if S[X.S_NEXT_GFN] + need > self.refcnt.shape[0]:
+            cap = max(2 * self.refcnt.shape[0], int(S[X.S_NEXT_GFN]) + 2 * need)
+            self.refcnt = np.concatenate([self.refcnt, np.zeros(cap - len(self.refcnt), np.int32)])
+            self.gfree = np.concatenate([self.gfree, np.zeros(cap - len(self.gfree), np.int64)])
+            p2m_len = self._p2m_len(cap)
+            self.p2m = np.concatenate([self.p2m, np.full(p2m_len - len(self.p2m), -1, np.int64)])
+        if S[X.S_HFREE_TOP] + need > self.hfree.shape[0]:
+            cap = max(2 * self.hfree.shape[0], int(S[X.S_HFREE_TOP]) + 2 * need)
+            self.hfree = np.concatenate([self.hfree, np.zeros(cap - len(self.hfree), np.int64)])
+        self._update_limits()
+
+    # ------------------------------------------------------------------ validation
+    def prepare(self, tr: Trace) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a chunk and map pids to slots.  Raises TraceError naming the record."""
+        n = len(tr)
+        base = self.records_done
+        kind = tr.kind
+        bad = ~np.isin(kind, np.array([int(k) for k in Kind], np.uint8))
+        if bad.any():
+            r = int(np.argmax(bad))
+            raise TraceError(f"record {base + r}: unknown record kind {int(kind[r])} "
+                             f"(expected one of {', '.join(f'{int(k)}={k.name}' for k in Kind)})")
+        limit = np.uint64(1) << np.uint64(self.va_bits)
+        is_access = kind <= 3
+        is_range = (kind == Kind.MMAP) | (kind == Kind.MUNMAP)
+        with np.errstate(over="ignore"):
+            end = tr.addr + np.maximum(tr.size, np.uint64(1)) - np.uint64(1)
+        overflow = end < tr.addr
+        chk = (is_access | is_range) & ((tr.addr >= limit) | (end >= limit) | overflow)
+        chk |= (kind == Kind.BRK) & (tr.addr >= limit)
+        if chk.any():
+            r = int(np.argmax(chk))
+            raise TraceError(
+                f"record {base + r}: address range 0x{int(tr.addr[r]):x}+{int(tr.size[r])} is "
+                f"beyond the {self.va_bits}-bit guest virtual address space "
+                f"({self.config.guest.levels}-level guest page tables)")
+        big = (kind <= 3) & (tr.size > np.uint64(1 << 20))
+        if big.any():
+            r = int(np.argmax(big))
+            raise TraceError(f"record {base + r}: access size {int(tr.size[r])} is not a plausible "
+                             f"single access (expected at most 1 MiB)")
+        forks = kind == Kind.FORK
+        child = np.where(forks, tr.addr, 0).astype(np.uint64)
+        if (forks & (child > np.uint64(2**62))).any():
+            r = int(np.argmax(forks & (child > np.uint64(2**62))))
+            raise TraceError(f"record {base + r}: fork child pid {int(child[r])} out of range")
+        # dense ids for every pid mentioned (record pids and fork children)
+        uniq = np.unique(np.concatenate([tr.pid, child[forks].astype(np.int64)]))
+        for p in uniq.tolist():
+            if p not in self.pid_ids:
+                self.pid_ids[p] = len(self.pid_ids)
+        ndense = len(self.pid_ids)
+        if ndense > len(self.alive):
+            cap = max(2 * len(self.alive), ndense)
+            self.alive = np.concatenate([self.alive, np.zeros(cap - len(self.alive), np.int8)])
+            self.slot_of = np.concatenate([self.slot_of, np.zeros(cap - len(self.slot_of),
+                                                                  np.int64)])
+        ids_sorted = np.array([self.pid_ids[p] for p in uniq.tolist()], np.int64)
+        pid_ids = ids_sorted[np.searchsorted(uniq, tr.pid)]
+        child_ids = np.zeros(n, np.int64)
+        if forks.any():
+            child_ids[forks] = ids_sorted[np.searchsorted(uniq, child[forks].astype(np.int64))]
+        slot = np.zeros(n, np.int64)
+        arg = np.zeros(n, np.int64)
+        err, r, self.nfree = _prepare(kind, pid_ids, child_ids, self.alive, self.slot_of,
+                                      self.free_slots, self.nfree, slot, arg)
+        if err:
+            p = int(tr.pid[r])
+            msg = {
+                1: f"process {p} has a record after its exit",
+                2: f"more than {self.config.guest.max_processes} processes alive at once",
+                3: f"fork creates child pid {int(tr.addr[r])}, which is already alive",
+            }[err]
+            raise TraceError(f"record {base + r}: {msg}")
+        return slot, arg
+
+    # ------------------------------------------------------------------ running
+    def run_chunk(self, tr: Trace, on_period) -> None:
+        """Run one chunk.  ``self.boundary`` is the instruction count that ends the current
+        period; ``on_period()`` is called at each period end and must advance it."""
+        slot, arg = self.prepare(tr)
+        pos, n = 0, len(tr)
+        while pos < n:
+            status, pos = run_records(self.state(), tr.kind, tr.addr, tr.size, tr.icount, slot,
+                                      arg, pos, n, self.boundary)
+            if status == X.ST_GROW:
+                self.grow()
+            elif status == X.ST_PERIOD:
+                on_period()
+            elif status == X.ST_ERROR:
+                raise TraceError(f"record {self.records_done + pos}: internal error: translation "
+                                 f"did not settle (please report this trace)")
+        self.records_done += n
+
+    def switch(self, mode: int) -> None:
+        # Destroying shadows frees host frames onto hfree: make room first.
+        need = int(self.slots[:, X.SL_NSHADOW].sum()) + 16
+        self.S[X.S_NEED] = need
+        self.grow()
+        switch_mode(self.state(), mode)
+
+
+__all__ = ["Machine", "run_records", "switch_mode", "access", "flush_tlbs", "K"]

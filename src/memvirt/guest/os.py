@@ -1,0 +1,234 @@
+"""The guest OS model: demand paging, copy-on-write, munmap/brk, fork/exec/exit, CR3 loads.
+
+Every guest page-table write goes through ``vmm.shadow.on_guest_pte_write`` so that,
+under shadow paging, writes to write-protected page-table pages exit; under nested
+paging and natively that call does nothing.  Page-table pages are allocated on
+demand and kept until the address space dies (munmap does not free them).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import counters as K
+from .. import state as X
+from ..hw.tlb import flush_tlbs, invlpg_tlbs
+from ..vmm import shadow
+from ..vmm.p2m import vm_exit
+from .frames import alloc_gfn, put_frame
+from .pagetable import STRIDE, TOMB, collect, find, make_key, put
+
+
+@njit(cache=True, inline="always")
+def _shift(S, lv):
+    return 12 + S[X.S_BITS] * lv
+
+
+@njit(cache=True)
+def new_address_space(st, slot):
+    S, C, slots = st[0], st[1], st[17]
+    g, h = alloc_gfn(st)
+    C[K.PT_PAGES] += 1
+    slots[slot, X.SL_ALIVE] = 1
+    slots[slot, X.SL_ROOT_GFN] = g
+    slots[slot, X.SL_ROOT_HFN] = h
+    slots[slot, X.SL_SROOT] = -1
+    slots[slot, X.SL_BRK] = -1
+    slots[slot, X.SL_NUP] = 0
+    slots[slot, X.SL_NLEAF] = 0
+    slots[slot, X.SL_NSHADOW] = 0
+    if S[X.S_MODE] == X.MODE_SHADOW and S[X.S_CUR] == slot:
+        shadow.new_root(st, slot)
+
+
+@njit(cache=True)
+def cr3_load(st, slot):
+    """Context switch to address space ``slot``."""
+    S, C, slots = st[0], st[1], st[17]
+    C[K.CR3_LOADS] += 1
+    S[X.S_CUR] = slot
+    if S[X.S_PCID] == 0:
+        flush_tlbs(st)
+    if S[X.S_MODE] == X.MODE_SHADOW:
+        vm_exit(st, K.EXIT_CR3)
+        shadow.oos_resync_all(st)
+        if slots[slot, X.SL_SROOT] < 0:
+            shadow.new_root(st, slot)
+
+
+@njit(cache=True)
+def guest_flush(st):
+    """The guest flushes its whole TLB (a CR3 reload): exits under shadow paging."""
+    S = st[0]
+    flush_tlbs(st)
+    if S[X.S_MODE] == X.MODE_SHADOW:
+        vm_exit(st, K.EXIT_CR3)
+        shadow.oos_resync_all(st)
+
+
+@njit(cache=True)
+def guest_invlpg(st, slot, vpn):
+    S, C = st[0], st[1]
+    C[K.INVLPGS] += 1
+    invlpg_tlbs(st, slot, vpn)
+    if S[X.S_MODE] == X.MODE_SHADOW:
+        vm_exit(st, K.EXIT_INVLPG)
+        shadow.oos_resync_page(st, slot, vpn << 12)
+
+
+@njit(cache=True)
+def page_fault(st, slot, va, leaf_i):
+    """The guest's page-fault handler.  ``leaf_i`` >= 0: write to a COW page, else demand."""
+    S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
+    key0 = make_key(slot, 0, va >> 12)
+    if leaf_i >= 0:
+        C[K.GPF_COW] += 1
+        old = gleaf[leaf_i * STRIDE + 1] >> 2
+        if refcnt[old] > 1:
+            put_frame(st, old)
+            g, h = alloc_gfn(st)
+        else:  # the last sharer keeps the frame and just gets write access back
+            g, h = old, gleaf[leaf_i * STRIDE + 2]
+        put(gleaf, S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1], key0, (g << 2) | 1, h)
+        shadow.on_guest_pte_write(st, slot, 0, va)
+        guest_invlpg(st, slot, va >> 12)  # ptep_clear_flush
+        return
+    C[K.GPF_DEMAND] += 1
+    used_up = S[X.S_GUP_USED:X.S_GUP_USED + 1]
+    for lv in range(S[X.S_LEVELS] - 1, 0, -1):
+        k = make_key(slot, lv, va >> _shift(S, lv))
+        if find(gup, k) < 0:
+            g, h = alloc_gfn(st)
+            C[K.PT_PAGES] += 1
+            put(gup, used_up, k, g, h)
+            slots[slot, X.SL_NUP] += 1
+            shadow.on_guest_pte_write(st, slot, lv, va)
+    g, h = alloc_gfn(st)
+    put(gleaf, S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1], key0, (g << 2) | 1, h)
+    slots[slot, X.SL_NLEAF] += 1
+    shadow.on_guest_pte_write(st, slot, 0, va)
+
+
+@njit(cache=True)
+def _unmap_pages(st, slot, lo, hi):
+    """Clear present leaf entries of pages [lo, hi); returns pages cleared."""
+    S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
+    leaves, _, _ = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi)
+    for c in leaves:
+        j = find(gleaf, make_key(slot, 0, c))
+        put_frame(st, gleaf[j * STRIDE + 1] >> 2)
+        gleaf[j * STRIDE] = TOMB
+        slots[slot, X.SL_NLEAF] -= 1
+        C[K.PTE_UPDATES] += 1
+        shadow.on_guest_pte_write(st, slot, 0, c << 12)
+    return leaves.shape[0]
+
+
+@njit(cache=True)
+def munmap(st, slot, start, length):
+    """Unmap [start, start+length): clear PTEs, then INVLPG each page or flush everything."""
+    S = st[0]
+    lo = start >> 12
+    hi = (start + length + 4095) >> 12
+    if hi > S[X.S_VA_PAGES]:
+        hi = S[X.S_VA_PAGES]
+    if hi <= lo:
+        return
+    _unmap_pages(st, slot, lo, hi)
+    if hi - lo <= S[X.S_CEIL]:
+        for vpn in range(lo, hi):
+            guest_invlpg(st, slot, vpn)
+    else:
+        guest_flush(st)
+
+
+@njit(cache=True)
+def brk(st, slot, new_brk):
+    slots = st[17]
+    old = slots[slot, X.SL_BRK]
+    if new_brk == 0:  # brk(0) queries the break
+        return
+    if old >= 0 and new_brk < old:
+        lo = (new_brk + 4095) & ~4095
+        if old > lo:
+            munmap(st, slot, lo, old - lo)
+    slots[slot, X.SL_BRK] = new_brk
+
+
+@njit(cache=True)
+def fork(st, parent, child):
+    """Copy the parent's page table into a new address space, both sides copy-on-write."""
+    S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
+    C[K.FORKS] += 1
+    C[K.PROCESS_OPS] += 1
+    new_address_space(st, child)
+    slots[child, X.SL_BRK] = slots[parent, X.SL_BRK]
+    leaves, ul, upref = collect(gup, gleaf, parent, S[X.S_LEVELS], S[X.S_BITS], 0,
+                                S[X.S_VA_PAGES])
+    used_up = S[X.S_GUP_USED:X.S_GUP_USED + 1]
+    used_leaf = S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1]
+    for i in range(ul.shape[0]):
+        g, h = alloc_gfn(st)
+        C[K.PT_PAGES] += 1
+        put(gup, used_up, make_key(child, ul[i], upref[i]), g, h)
+        slots[child, X.SL_NUP] += 1
+        C[K.PTE_UPDATES] += 1
+    for c in leaves:
+        j = find(gleaf, make_key(parent, 0, c))
+        v = gleaf[j * STRIDE + 1]
+        h = gleaf[j * STRIDE + 2]
+        g = v >> 2
+        cow = (g << 2) | 2
+        if v & 1:
+            gleaf[j * STRIDE + 1] = cow
+            C[K.PTE_UPDATES] += 1
+            shadow.on_guest_pte_write(st, parent, 0, c << 12)
+        put(gleaf, used_leaf, make_key(child, 0, c), cow, h)
+        slots[child, X.SL_NLEAF] += 1
+        refcnt[g] += 1
+        C[K.PTE_UPDATES] += 1
+    guest_flush(st)
+
+
+@njit(cache=True)
+def teardown(st, slot):
+    """Free an address space: its mappings, its page-table pages and its shadow."""
+    S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
+    if S[X.S_MODE] == X.MODE_SHADOW and slots[slot, X.SL_SROOT] >= 0:
+        vm_exit(st, K.EXIT_PTE_WRITE)  # the first teardown write unshadows it all
+    shadow.destroy(st, slot)
+    leaves, ul, upref = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0,
+                                S[X.S_VA_PAGES])
+    for c in leaves:
+        j = find(gleaf, make_key(slot, 0, c))
+        put_frame(st, gleaf[j * STRIDE + 1] >> 2)
+        gleaf[j * STRIDE] = TOMB
+    for i in range(ul.shape[0]):
+        j = find(gup, make_key(slot, ul[i], upref[i]))
+        put_frame(st, gup[j * STRIDE + 1])
+        gup[j * STRIDE] = TOMB
+    put_frame(st, slots[slot, X.SL_ROOT_GFN])
+    C[K.PTE_UPDATES] += leaves.shape[0]
+    slots[slot, X.SL_NUP] = 0
+    slots[slot, X.SL_NLEAF] = 0
+    flush_tlbs(st)  # the address-space id may be reused
+
+
+@njit(cache=True)
+def exec_(st, slot):
+    C = st[1]
+    C[K.EXECS] += 1
+    C[K.PROCESS_OPS] += 1
+    teardown(st, slot)
+    new_address_space(st, slot)
+
+
+@njit(cache=True)
+def exit_(st, slot):
+    S, C, slots = st[0], st[1], st[17]
+    C[K.EXITS] += 1
+    C[K.PROCESS_OPS] += 1
+    teardown(st, slot)
+    slots[slot, X.SL_ALIVE] = 0
+    if S[X.S_CUR] == slot:
+        S[X.S_CUR] = -1

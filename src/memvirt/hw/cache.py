@@ -1,0 +1,148 @@
+"""Set-associative LRU structures (TLBs, paging-structure caches, nested TLB, PTE cache).
+
+All structures of one machine live in three flat arrays (``tag``, ``stamp``, ``val``)
+described by ``geom[cid] = (base, sets, ways, set_mask)``.  A structure with zero sets
+is disabled: every lookup misses and inserts do nothing.  LRU is kept with a global
+access clock (``clock[0]``): the way with the smallest stamp in a set is the victim.
+
+``last[cid] = (key, index)`` remembers the most recent hit or insert: the same key
+again is a hit that changes nothing in the LRU order (it is already the most
+recently used), so the common case of consecutive accesses to one page costs
+one comparison.  Anything that removes entries resets it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+EMPTY = -1
+
+# Structure ids.
+ITLB = 0
+DTLB = 1
+STLB = 2
+PSC0 = 2  # PSC for guest level L (1..4) is PSC0 + L  -> 3..6
+NTLB = 7
+NPSC0 = 7  # nested PSC for EPT level L (1..4) is NPSC0 + L -> 8..11
+PTEC = 12
+NSTRUCT = 13
+
+
+def allocate(geometries: list[tuple[int, int]]):
+    """Arrays for structures given as (sets, ways); sets = 0 disables one."""
+    geom = np.zeros((len(geometries), 4), np.int64)
+    base = 0
+    for i, (sets, ways) in enumerate(geometries):
+        if sets and sets & (sets - 1):
+            raise ValueError(f"structure {i}: sets ({sets}) must be a power of two")
+        geom[i] = (base, sets, ways if sets else 0, max(sets - 1, 0))
+        base += sets * (ways if sets else 0)
+    size = max(base, 1)
+    tag = np.full(size, EMPTY, np.int64)
+    stamp = np.zeros(size, np.int64)
+    val = np.zeros(size, np.int64)
+    last = np.full((len(geometries), 2), EMPTY, np.int64)
+    clock = np.zeros(1, np.int64)
+    return tag, stamp, val, geom, last, clock
+
+
+@njit(cache=True, inline="always")
+def lookup(tag, stamp, geom, last, clock, cid, key):
+    """Index of ``key`` in structure ``cid`` (and mark it most recently used), or -1."""
+    if last[cid, 0] == key:
+        return last[cid, 1]
+    sets = geom[cid, 1]
+    if sets == 0:
+        return -1
+    ways = geom[cid, 2]
+    b = geom[cid, 0] + (key & geom[cid, 3]) * ways
+    for w in range(ways):
+        if tag[b + w] == key:
+            clock[0] += 1
+            stamp[b + w] = clock[0]
+            last[cid, 0] = key
+            last[cid, 1] = b + w
+            return b + w
+    return -1
+
+
+@njit(cache=True)
+def insert(tag, stamp, val, geom, last, clock, cid, key, value):
+    """Insert ``key`` (must not be present) evicting the LRU way; returns the evicted key."""
+    sets = geom[cid, 1]
+    if sets == 0:
+        return EMPTY
+    ways = geom[cid, 2]
+    b = geom[cid, 0] + (key & geom[cid, 3]) * ways
+    victim = b
+    for w in range(ways):
+        i = b + w
+        if tag[i] == EMPTY:
+            victim = i
+            break
+        if stamp[i] < stamp[victim]:
+            victim = i
+    old = tag[victim]
+    tag[victim] = key
+    val[victim] = value
+    clock[0] += 1
+    stamp[victim] = clock[0]
+    last[cid, 0] = key
+    last[cid, 1] = victim
+    return old
+
+
+@njit(cache=True)
+def invalidate(tag, geom, last, cid, key):
+    sets = geom[cid, 1]
+    if sets == 0:
+        return
+    ways = geom[cid, 2]
+    b = geom[cid, 0] + (key & geom[cid, 3]) * ways
+    for w in range(ways):
+        if tag[b + w] == key:
+            tag[b + w] = EMPTY
+    last[cid, 0] = EMPTY
+
+
+@njit(cache=True)
+def flush(tag, geom, last, cid):
+    n = geom[cid, 1] * geom[cid, 2]
+    b = geom[cid, 0]
+    for i in range(b, b + n):
+        tag[i] = EMPTY
+    last[cid, 0] = EMPTY
+
+
+@njit(cache=True)
+def access_stream(keys, tag, stamp, val, geom, last, clock, cid):
+    """Run a key stream through one structure; returns (hits, misses, evictions).
+
+    The building block used by tests against independent cache models.
+    """
+    hits = 0
+    misses = 0
+    evictions = 0
+    for k in keys:
+        if lookup(tag, stamp, geom, last, clock, cid, k) >= 0:
+            hits += 1
+        else:
+            misses += 1
+            if insert(tag, stamp, val, geom, last, clock, cid, k, 0) != EMPTY:
+                evictions += 1
+    return hits, misses, evictions
+
+
+def simulate_cache(addresses: np.ndarray, sets: int, ways: int, line_bytes: int):
+    """An LRU cache/TLB of ``sets`` x ``ways`` with ``line_bytes`` lines over an address list.
+
+    Returns (hits, misses, evictions).  A TLB is this with line_bytes = page size.
+    """
+    if line_bytes <= 0 or line_bytes & (line_bytes - 1):
+        raise ValueError("line_bytes must be a power of two")
+    addrs = np.asarray(addresses, dtype=np.uint64)
+    keys = (addrs >> np.uint64(line_bytes.bit_length() - 1)).astype(np.int64)
+    tag, stamp, val, geom, last, clock = allocate([(sets, ways)])
+    h, m, e = access_stream(keys, tag, stamp, val, geom, last, clock, 0)
+    return int(h), int(m), int(e)

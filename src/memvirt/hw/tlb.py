@@ -1,0 +1,56 @@
+"""TLB-level operations over the set-associative structures: flushes and INVLPG.
+
+TLB keys are (address space << 45 | virtual page number): entries are tagged by
+address space (PCID); without PCID the guest flushes them on every CR3 load.
+A TLB entry's value is its write permission (1 = writable).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import counters as K
+from .cache import DTLB, ITLB, NPSC0, NTLB, PSC0, STLB, flush, invalidate
+
+
+@njit(cache=True, inline="always")
+def tlb_key(slot, vpn):
+    return (slot << 45) | vpn
+
+
+@njit(cache=True)
+def flush_psc(st):
+    ctag, cgeom, clast = st[2], st[5], st[6]
+    for lv in range(1, 5):
+        flush(ctag, cgeom, clast, PSC0 + lv)
+
+
+@njit(cache=True)
+def flush_tlbs(st):
+    """Flush the TLBs and paging-structure caches (a CR3 reload without PCID, a VPID-less exit)."""
+    C, ctag, cgeom, clast = st[1], st[2], st[5], st[6]
+    flush(ctag, cgeom, clast, ITLB)
+    flush(ctag, cgeom, clast, DTLB)
+    flush(ctag, cgeom, clast, STLB)
+    flush_psc(st)
+    C[K.TLB_FLUSHES] += 1
+
+
+@njit(cache=True)
+def flush_nested(st):
+    """Flush the nested TLB and nested paging-structure caches (EPT root change)."""
+    ctag, cgeom, clast = st[2], st[5], st[6]
+    flush(ctag, cgeom, clast, NTLB)
+    for lv in range(1, 5):
+        flush(ctag, cgeom, clast, NPSC0 + lv)
+
+
+@njit(cache=True)
+def invlpg_tlbs(st, slot, vpn):
+    """INVLPG: drop one page's entries; paging-structure caches are flushed (Intel SDM 4.10.4.1)."""
+    ctag, cgeom, clast = st[2], st[5], st[6]
+    k = tlb_key(slot, vpn)
+    invalidate(ctag, cgeom, clast, ITLB, k)
+    invalidate(ctag, cgeom, clast, DTLB, k)
+    invalidate(ctag, cgeom, clast, STLB, k)
+    flush_psc(st)

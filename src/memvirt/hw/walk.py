@@ -1,0 +1,162 @@
+"""Page walkers: the one-dimensional walk (native, shadow) and the two-dimensional walk (EPT).
+
+A walk starts at the deepest paging-structure-cache hit and reads one entry per
+remaining level; every read is a *walk reference*, looked up in the PTE cache
+(64-byte lines of host-physical addresses) to decide its latency.  Under nested
+paging every guest table pointer is a guest-physical address that must itself be
+translated through the EPT (nested TLB, nested PSC, then EPT references), and so
+is the final data frame: (n+1)(m+1)-1 references with every cache off.
+
+Paging-structure caches hold, per upper level L, the entry that covers the
+address at that level, keyed by (address space, level, prefix); their payload is
+the physical frame of the next table (host-physical under EPT: Intel's combined
+mappings), so a hit skips those levels in both dimensions.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import counters as K
+from .. import state as X
+from ..guest.pagetable import STRIDE, find, make_key
+from ..vmm.p2m import back_frame, hfn_of
+from .cache import NPSC0, NTLB, PSC0, PTEC, insert, lookup
+
+
+@njit(cache=True, inline="always")
+def level_shift(S, lv):
+    return 12 + S[X.S_BITS] * lv
+
+
+@njit(cache=True, inline="always")
+def level_index(S, va, lv):
+    return (va >> level_shift(S, lv)) & ((1 << S[X.S_BITS]) - 1)
+
+
+@njit(cache=True)
+def ref(st, paddr):
+    """One walk reference to host-physical byte address ``paddr``."""
+    C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    C[K.WALK_REFS] += 1
+    line = paddr >> 6
+    if lookup(ctag, cstamp, cgeom, clast, cclock, PTEC, line) >= 0:
+        C[K.REF_HIT] += 1
+    else:
+        C[K.REF_MISS] += 1
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, line, 0)
+
+
+@njit(cache=True)
+def walk_1d(st, up, leaf, slot, root, va):
+    """Walk a one-dimensional table (guest table natively, shadow table under shadow paging).
+
+    Returns the leaf entry's slot in ``leaf``, or -1 when an entry on the way is not present.
+    """
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
+        st[6], st[7]
+    n = S[X.S_LEVELS]
+    C[K.WALKS] += 1
+    lv = n - 1
+    table = root
+    for probe in range(1, n):
+        i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
+                   make_key(slot, probe, va >> level_shift(S, probe)))
+        if i >= 0:
+            C[K.PSC_HIT] += 1
+            lv = probe - 1
+            table = cval[i]
+            break
+    while True:
+        ref(st, (table << 12) + level_index(S, va, lv) * 8)
+        if lv == 0:
+            return find(leaf, make_key(slot, 0, va >> 12))
+        k = make_key(slot, lv, va >> level_shift(S, lv))
+        i = find(up, k)
+        if i < 0:
+            return -1
+        table = up[i * STRIDE + 1]
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + lv, k, table)
+        lv -= 1
+
+
+@njit(cache=True)
+def translate_gpa(st, gfn):
+    """Nested dimension: guest frame -> host frame through the nested TLB and the EPT."""
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
+        st[6], st[7]
+    eup = st[12]
+    i = lookup(ctag, cstamp, cgeom, clast, cclock, NTLB, gfn)
+    if i >= 0:
+        C[K.NTLB_HIT] += 1
+        return cval[i]
+    C[K.NTLB_MISS] += 1
+    m = S[X.S_EPT_LEVELS]
+    leaf = S[X.S_HOST_LEAF]
+    lv = m - 1
+    table = S[X.S_EPT_ROOT]
+    for probe in range(leaf + 1, m):
+        j = lookup(ctag, cstamp, cgeom, clast, cclock, NPSC0 + probe,
+                   make_key(0, probe, gfn >> (9 * probe)))
+        if j >= 0:
+            C[K.NPSC_HIT] += 1
+            lv = probe - 1
+            table = cval[j]
+            break
+    h = -1
+    while True:
+        ref(st, (table << 12) + ((gfn >> (9 * lv)) & 511) * 8)
+        C[K.WALK_REFS_NESTED] += 1
+        if lv == leaf:
+            h = hfn_of(st, gfn)
+            if h < 0:  # unbacked (cannot happen for frames the guest allocated) -> EPT violation
+                h = back_frame(st, gfn)
+            break
+        k = make_key(0, lv, gfn >> (9 * lv))
+        e = find(eup, k)
+        if e < 0:
+            h = back_frame(st, gfn)
+            break
+        table = eup[e * STRIDE + 1]
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, NPSC0 + lv, k, table)
+        lv -= 1
+    insert(ctag, cstamp, cval, cgeom, clast, cclock, NTLB, gfn, h)
+    return h
+
+
+@njit(cache=True)
+def walk_2d(st, slot, va):
+    """Two-dimensional walk of the guest table under EPT.  Returns the guest leaf slot or -1."""
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
+        st[6], st[7]
+    gup, gleaf, slots = st[8], st[9], st[17]
+    n = S[X.S_LEVELS]
+    C[K.WALKS] += 1
+    lv = n - 1
+    tgfn = slots[slot, X.SL_ROOT_GFN]
+    thfn = -1
+    for probe in range(1, n):
+        i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
+                   make_key(slot, probe, va >> level_shift(S, probe)))
+        if i >= 0:
+            C[K.PSC_HIT] += 1
+            lv = probe - 1
+            thfn = cval[i]
+            break
+    while True:
+        if thfn < 0:
+            thfn = translate_gpa(st, tgfn)
+        ref(st, (thfn << 12) + level_index(S, va, lv) * 8)
+        if lv == 0:
+            i = find(gleaf, make_key(slot, 0, va >> 12))
+            if i >= 0:
+                translate_gpa(st, gleaf[i * STRIDE + 1] >> 2)
+            return i
+        k = make_key(slot, lv, va >> level_shift(S, lv))
+        i = find(gup, k)
+        if i < 0:
+            return -1
+        tgfn = gup[i * STRIDE + 1]
+        thfn = translate_gpa(st, tgfn)
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + lv, k, thfn)
+        lv -= 1

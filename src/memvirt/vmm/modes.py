@@ -1,0 +1,92 @@
+"""One memory access through the MMU under each paging mode (native, shadow, nested).
+
+The TLBs hold final translations (gVA -> hPA) in every mode; what differs is the
+walk that fills them and who handles the faults:
+
+- native: 1D walk of the guest table; faults handled by the guest.
+- nested: 2D walk (guest table, each pointer through the EPT); faults handled by
+  the guest at native cost, no exit.
+- shadow: 1D walk of the shadow table; every miss in it exits, and the VMM either
+  fills the shadow (hidden fault) or injects a true fault into the guest.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import counters as K
+from .. import state as X
+from ..guest import os as guest
+from ..guest.pagetable import STRIDE, find, make_key
+from ..hw.cache import DTLB, ITLB, STLB, insert, invalidate, lookup
+from ..hw.tlb import tlb_key
+from ..hw.walk import walk_1d, walk_2d
+from . import shadow
+from .p2m import vm_exit
+
+
+@njit(cache=True)
+def _walk(st, slot, va, store):
+    """Walk until the translation allows the access; returns its write permission, or -1
+    after handling a fault (the access is retried)."""
+    S, gup, gleaf, sup, sleaf, slots = st[0], st[8], st[9], st[10], st[11], st[17]
+    mode = S[X.S_MODE]
+    if mode == X.MODE_SHADOW:
+        i = walk_1d(st, sup, sleaf, slot, slots[slot, X.SL_SROOT], va)
+        if i >= 0:
+            w = sleaf[i * STRIDE + 1] & 1
+            if store == 0 or w == 1:
+                return w
+        g = find(gleaf, make_key(slot, 0, va >> 12))
+        if g >= 0 and (store == 0 or (gleaf[g * STRIDE + 1] & 1) == 1):
+            vm_exit(st, K.EXIT_PF_HIDDEN)
+            shadow.fill(st, slot, va)
+        else:
+            vm_exit(st, K.EXIT_PF_TRUE)
+            guest.page_fault(st, slot, va, g)
+        return -1
+    if mode == X.MODE_NESTED:
+        i = walk_2d(st, slot, va)
+    else:
+        i = walk_1d(st, gup, gleaf, slot, slots[slot, X.SL_ROOT_GFN], va)
+    if i >= 0:
+        w = gleaf[i * STRIDE + 1] & 1
+        if store == 0 or w == 1:
+            return w
+    guest.page_fault(st, slot, va, i)
+    return -1
+
+
+@njit(cache=True)
+def access(st, slot, va, store, fetch):
+    """Translate one access (one page).  Returns False if it never settles (internal error)."""
+    C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    C[K.ACCESSES] += 1
+    key = tlb_key(slot, va >> 12)
+    l1 = ITLB if fetch else DTLB
+    i = lookup(ctag, cstamp, cgeom, clast, cclock, l1, key)
+    if i >= 0:
+        C[K.ITLB_HIT if fetch else K.DTLB_HIT] += 1
+        if store == 0 or cval[i] == 1:
+            return True
+        invalidate(ctag, cgeom, clast, l1, key)  # write to a read-only (COW) translation
+        invalidate(ctag, cgeom, clast, STLB, key)
+    else:
+        C[K.ITLB_MISS if fetch else K.DTLB_MISS] += 1
+        j = lookup(ctag, cstamp, cgeom, clast, cclock, STLB, key)
+        if j >= 0:
+            C[K.STLB_HIT] += 1
+            w = cval[j]
+            if store == 0 or w == 1:
+                insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, w)
+                return True
+            invalidate(ctag, cgeom, clast, STLB, key)
+        elif cgeom[STLB, 1] > 0:
+            C[K.STLB_MISS] += 1
+    for _ in range(8):
+        w = _walk(st, slot, va, store)
+        if w >= 0:
+            insert(ctag, cstamp, cval, cgeom, clast, cclock, STLB, key, w)
+            insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, w)
+            return True
+    return False

@@ -1,0 +1,158 @@
+"""Shadow paging: the VMM's gVA->hPA table kept in sync with the guest's page tables.
+
+- A guest page-table page is write-protected once the VMM shadows it (a shadow page
+  exists for it); a guest write to it exits and is emulated, and the VMM propagates
+  the new entry into the shadow.
+- A page fault exits: if the guest entry allows the access it is a *hidden* fault
+  (fill the shadow path from the guest table), else a *true* fault that is injected.
+- With out-of-sync leaf pages (Xen's Shadow 3), the first write to a leaf page-table
+  page exits and unsyncs it; later writes do not exit and only invalidate the shadow
+  entry; CR3 loads resync every unsynced page.  At most ``oos_pages`` at once.
+- Shadow tables are built per address space on its first CR3 load and torn down at
+  exit or exec; the shadow of a dying process is dropped at its first trapping
+  teardown write (Xen's early unshadow).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .. import counters as K
+from .. import state as X
+from ..guest.pagetable import STRIDE, TOMB, collect, find, make_key, put, remove
+from .p2m import alloc_hfn, free_hfn, vm_exit
+
+
+@njit(cache=True)
+def _shadowed(st, slot, lv, va):
+    """Is the guest page-table page holding the level-``lv`` entry for ``va`` shadowed?"""
+    S, sup, slots = st[0], st[10], st[17]
+    if lv == S[X.S_LEVELS] - 1:
+        return slots[slot, X.SL_SROOT] >= 0
+    return find(sup, make_key(slot, lv + 1, va >> (12 + S[X.S_BITS] * (lv + 1)))) >= 0
+
+
+@njit(cache=True)
+def _propagate_leaf(st, slot, va):
+    """Make the shadow leaf for ``va`` match the guest leaf (or drop it)."""
+    S, C, gleaf, sleaf = st[0], st[1], st[9], st[11]
+    sk = make_key(slot, 0, va >> 12)
+    g = find(gleaf, sk)
+    if g < 0:
+        remove(sleaf, sk)
+        return
+    gv = gleaf[g * STRIDE + 1]
+    put(sleaf, S[X.S_SLEAF_USED:X.S_SLEAF_USED + 1], sk,
+        (gleaf[g * STRIDE + 2] << 1) | (gv & 1), 0)
+    C[K.SHADOW_FILLS] += 1
+
+
+@njit(cache=True)
+def oos_resync_all(st):
+    S, C = st[0], st[1]
+    C[K.OOS_RESYNCS] += S[X.S_OOS_N]
+    S[X.S_OOS_N] = 0
+
+
+@njit(cache=True)
+def oos_drop_slot(st, slot):
+    """Forget unsynced pages of an address space that is being torn down."""
+    S, oos = st[0], st[18]
+    j = 0
+    for i in range(S[X.S_OOS_N]):
+        if (oos[i] >> 48) != slot:
+            oos[j] = oos[i]
+            j += 1
+    S[X.S_OOS_N] = j
+
+
+@njit(cache=True)
+def oos_resync_page(st, slot, va):
+    """INVLPG of an address in an unsynced page resyncs that page (Xen)."""
+    S, C, oos = st[0], st[1], st[18]
+    pk = make_key(slot, 1, va >> (12 + S[X.S_BITS]))
+    for i in range(S[X.S_OOS_N]):
+        if oos[i] == pk:
+            C[K.OOS_RESYNCS] += 1
+            for j in range(i, S[X.S_OOS_N] - 1):
+                oos[j] = oos[j + 1]
+            S[X.S_OOS_N] -= 1
+            return
+
+
+@njit(cache=True)
+def on_guest_pte_write(st, slot, lv, va):
+    """The guest wrote its level-``lv`` entry for ``va`` (already updated in the guest table)."""
+    S, oos = st[0], st[18]
+    if S[X.S_MODE] != X.MODE_SHADOW or not _shadowed(st, slot, lv, va):
+        return
+    if lv == 0 and S[X.S_OOS] != 0:
+        pk = make_key(slot, 1, va >> (12 + S[X.S_BITS]))
+        for i in range(S[X.S_OOS_N]):
+            if oos[i] == pk:  # already out of sync: no exit, the shadow entry goes stale
+                remove(st[11], make_key(slot, 0, va >> 12))
+                return
+        vm_exit(st, K.EXIT_PTE_WRITE)
+        _propagate_leaf(st, slot, va)
+        if S[X.S_OOS_N] == S[X.S_OOS_MAX]:  # full: resync the oldest
+            st[1][K.OOS_RESYNCS] += 1
+            for j in range(S[X.S_OOS_N] - 1):
+                oos[j] = oos[j + 1]
+            S[X.S_OOS_N] -= 1
+        oos[S[X.S_OOS_N]] = pk
+        S[X.S_OOS_N] += 1
+        return
+    vm_exit(st, K.EXIT_PTE_WRITE)
+    if lv == 0:
+        _propagate_leaf(st, slot, va)
+    # An upper entry now points to a new, not yet shadowed, guest page: nothing to propagate.
+
+
+@njit(cache=True)
+def new_root(st, slot):
+    S, C, slots = st[0], st[1], st[17]
+    slots[slot, X.SL_SROOT] = alloc_hfn(st, 1)
+    slots[slot, X.SL_NSHADOW] = 1
+    C[K.SHADOW_ROOTS] += 1
+    C[K.SHADOW_PAGES] += 1
+
+
+@njit(cache=True)
+def fill(st, slot, va):
+    """Hidden fault: build the missing shadow levels for ``va`` from the guest table."""
+    S, C, sup, slots = st[0], st[1], st[10], st[17]
+    if slots[slot, X.SL_SROOT] < 0:
+        new_root(st, slot)
+    used = S[X.S_SUP_USED:X.S_SUP_USED + 1]
+    for lv in range(S[X.S_LEVELS] - 1, 0, -1):
+        k = make_key(slot, lv, va >> (12 + S[X.S_BITS] * lv))
+        if find(sup, k) < 0:
+            put(sup, used, k, alloc_hfn(st, 1), 0)
+            slots[slot, X.SL_NSHADOW] += 1
+            C[K.SHADOW_PAGES] += 1
+            C[K.SHADOW_FILLS] += 1
+    _propagate_leaf(st, slot, va)
+
+
+@njit(cache=True)
+def destroy(st, slot):
+    """Tear down one address space's shadow table; returns shadow pages freed."""
+    S, C, sup, sleaf, slots = st[0], st[1], st[10], st[11], st[17]
+    if slots[slot, X.SL_SROOT] < 0:
+        return 0
+    leaves, ul, upref = collect(sup, sleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0,
+                                S[X.S_VA_PAGES])
+    for c in leaves:
+        remove(sleaf, make_key(slot, 0, c))
+    for i in range(ul.shape[0]):
+        j = find(sup, make_key(slot, ul[i], upref[i]))
+        free_hfn(st, sup[j * STRIDE + 1])
+        sup[j * STRIDE] = TOMB
+    free_hfn(st, slots[slot, X.SL_SROOT])
+    freed = ul.shape[0] + 1
+    C[K.SHADOW_PAGES_FREED] += freed
+    C[K.SHADOW_ROOTS] += 1
+    slots[slot, X.SL_SROOT] = -1
+    slots[slot, X.SL_NSHADOW] = 0
+    oos_drop_slot(st, slot)
+    return freed
