@@ -110,7 +110,7 @@ def on_guest_pte_write(st, slot, lv, va):
 
 @njit(cache=True)
 def new_root(st, slot):
-    S, C, slots = st[0], st[1], st[17]
+    C, slots = st[1], st[17]
     slots[slot, X.SL_SROOT] = alloc_hfn(st, 1)
     slots[slot, X.SL_NSHADOW] = 1
     C[K.SHADOW_ROOTS] += 1
