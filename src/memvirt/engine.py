@@ -28,14 +28,35 @@ from .vmm.modes import access
 # ----------------------------------------------------------------------------- kernel
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
     """Process records [pos, end).  Returns (status, next record index)."""
     S, C, slots, lim = st[0], st[1], st[17], st[19]
+    ctag, cstamp, cval, cgeom, clast, cclock = st[2], st[3], st[4], st[5], st[6], st[7]
     levels = S[X.S_LEVELS]
     for r in range(pos, end):
         k = kind[r]
         s = slot[r]
+        # Fast path: an access within one page that hits the L1 TLB, without a call.  On a
+        # miss access() looks up again: a miss changes nothing, so nothing is counted twice.
+        if k <= 2 and s == S[X.S_CUR]:
+            va = np.int64(addr[r])
+            sz = np.int64(size[r])
+            if (va & 4095) + sz <= 4096:
+                cid = hwc.ITLB if k == 0 else hwc.DTLB
+                i = hwc.lookup(ctag, cstamp, cgeom, clast, cclock, cid, (s << 45) | (va >> 12))
+                if i >= 0 and (k != 2 or cval[i] == 1):
+                    C[K.ACCESSES] += 1
+                    if k == 0:
+                        C[K.IFETCH] += 1
+                        C[K.ITLB_HIT] += 1
+                    else:
+                        C[K.LOADS if k == 1 else K.STORES] += 1
+                        C[K.DTLB_HIT] += 1
+                    C[K.INSTR] += icount[r]
+                    if C[K.INSTR] >= boundary:
+                        return X.ST_PERIOD, r + 1
+                    continue
         # Room for what this record may add (a fork copies the parent's whole table).
         need = 4 * levels + 16
         if k == 11:
@@ -47,7 +68,9 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
                 or S[X.S_SLEAF_USED] + need > lim[X.LIM_SLEAF]
                 or S[X.S_EUP_USED] + need > lim[X.LIM_EUP]
                 or S[X.S_NEXT_GFN] + need > lim[X.LIM_GFN]
-                or S[X.S_HFREE_TOP] + need > lim[X.LIM_HFREE]):
+                or S[X.S_HFREE_TOP] + need > lim[X.LIM_HFREE]
+                or S[X.S_GLEAF_USED] + S[X.S_GUP_USED] + need > lim[X.LIM_SCR]
+                or S[X.S_SLEAF_USED] + S[X.S_SUP_USED] + need > lim[X.LIM_SCR]):
             S[X.S_NEED] = need
             return X.ST_GROW, r
         if slots[s, X.SL_ALIVE] == 0:  # a process already running when the trace starts
@@ -68,13 +91,13 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
             sz = np.int64(size[r])
             last = va + (sz - 1 if sz > 0 else 0)
             npages = (last >> 12) - (va >> 12) + 1
-            for p in range(npages):
+            # One call site for access() so that it inlines once: a Lackey M is a load then
+            # a store, an access that crosses a page boundary translates each page.
+            for step in range(npages * (2 if k == 3 else 1)):
+                p = step >> 1 if k == 3 else step
                 a = va if p == 0 else ((va >> 12) + p) << 12
-                if k == 3:
-                    ok = access(st, s, a, 0, False) and access(st, s, a, 1, False)
-                else:
-                    ok = access(st, s, a, 1 if k == 2 else 0, k == 0)
-                if not ok:
+                store = 1 if (k == 2 or (k == 3 and (step & 1) == 1)) else 0
+                if not access(st, s, a, store, k == 0):
                     S[X.S_ERROR] = X.ERR_LOOP
                     return X.ST_ERROR, r
         elif k == 8:
@@ -100,7 +123,7 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
     return X.ST_DONE, end
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def switch_mode(st, new_mode):
     """Switch the whole VM between shadow and nested paging (the guest state is untouched).
 
@@ -126,14 +149,31 @@ def switch_mode(st, new_mode):
 
 
 @njit(cache=True)
-def _prepare(kind, pid_ids, child_ids, alive, slot_of, free_slots, nfree, slot, arg):
-    """Assign address-space slots; returns (error code, record index, nfree).
+def _prepare(kind, addr, size, pid_ids, child_ids, valid_kind, va_limit, alive, slot_of,
+             free_slots, nfree, slot, arg):
+    """Check every record and assign address-space slots, in one pass.
 
-    alive[p]: 0 never seen, 1 alive, 2 exited.  All indices were bounded by the caller.
+    Returns (error code, record index, nfree); error 0 means the chunk is good.
+    alive[p]: 0 never seen, 1 alive, 2 exited.  pid_ids/child_ids index alive/slot_of and
+    were bounded by the caller; kind indexes the 256-entry valid_kind table.
     """
     for r in range(kind.shape[0]):
-        p = pid_ids[r]
         k = kind[r]
+        if not valid_kind[k]:
+            return 4, r, nfree
+        if k <= 3 or k == 8 or k == 9:
+            a = addr[r]
+            sz = size[r]
+            if k <= 3 and sz > np.uint64(1048576):
+                return 6, r, nfree
+            last = a
+            if sz > np.uint64(0):
+                last = a + (sz - np.uint64(1))  # uint64 throughout: no float promotion
+            if last < a or last >= va_limit:
+                return 5, r, nfree
+        elif k == 10 and addr[r] >= va_limit:
+            return 5, r, nfree
+        p = pid_ids[r]
         if alive[p] == 2:
             return 1, r, nfree  # record of a process that has exited
         if alive[p] == 0:
@@ -162,6 +202,9 @@ def _prepare(kind, pid_ids, child_ids, alive, slot_of, free_slots, nfree, slot, 
 
 
 # ----------------------------------------------------------------------------- driver
+
+_VALID_KIND = np.zeros(256, bool)
+_VALID_KIND[[int(k) for k in Kind]] = True
 
 
 class Machine:
@@ -213,6 +256,7 @@ class Machine:
         self.slots = np.zeros((config.guest.max_processes, X.NSLOTCOLS), np.int64)
         self.slots[:, X.SL_SROOT] = -1
         self.oos = np.zeros(config.vmm.oos_pages, np.int64)
+        self.scr = np.zeros((5, 1 << 15), np.int64)
         self.lim = np.zeros(X.NLIMS, np.int64)
         self._update_limits()
         # process bookkeeping for prepare(): pid -> dense id
@@ -234,12 +278,13 @@ class Machine:
             lim[i] = (t.shape[0] // pt.STRIDE) // 2
         lim[X.LIM_GFN] = self.refcnt.shape[0]
         lim[X.LIM_HFREE] = self.hfree.shape[0]
+        lim[X.LIM_SCR] = self.scr.shape[1] - X.SCR_SLACK
 
     def state(self):
         tag, stamp, val, geom, last, clock = self.caches
         return (self.S, self.C, tag, stamp, val, geom, last, clock, self.gup, self.gleaf,
                 self.sup, self.sleaf, self.eup, self.refcnt, self.p2m, self.gfree, self.hfree,
-                self.slots, self.oos, self.lim)
+                self.slots, self.oos, self.lim, self.scr)
 
     def grow(self) -> None:
         """Grow whatever the next record may overflow (tables rehashed, frame arrays extended)."""
@@ -261,6 +306,10 @@ class Machine:
         if S[X.S_HFREE_TOP] + need > self.hfree.shape[0]:
             cap = max(2 * self.hfree.shape[0], int(S[X.S_HFREE_TOP]) + 2 * need)
             self.hfree = np.concatenate([self.hfree, np.zeros(cap - len(self.hfree), np.int64)])
+        used = max(int(S[X.S_GLEAF_USED] + S[X.S_GUP_USED]),
+                   int(S[X.S_SLEAF_USED] + S[X.S_SUP_USED]))
+        if used + need + X.SCR_SLACK > self.scr.shape[1]:
+            self.scr = np.zeros((5, 2 * (used + need) + X.SCR_SLACK), np.int64)
         self._update_limits()
 
     # ------------------------------------------------------------------ validation
@@ -269,37 +318,49 @@ class Machine:
         n = len(tr)
         base = self.records_done
         kind = tr.kind
-        bad = ~np.isin(kind, np.array([int(k) for k in Kind], np.uint8))
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise TraceError(f"record {base + r}: unknown record kind {int(kind[r])} "
-                             f"(expected one of {', '.join(f'{int(k)}={k.name}' for k in Kind)})")
-        limit = np.uint64(1) << np.uint64(self.va_bits)
-        is_access = kind <= 3
-        is_range = (kind == Kind.MMAP) | (kind == Kind.MUNMAP)
-        with np.errstate(over="ignore"):
-            end = tr.addr + np.maximum(tr.size, np.uint64(1)) - np.uint64(1)
-        overflow = end < tr.addr
-        chk = (is_access | is_range) & ((tr.addr >= limit) | (end >= limit) | overflow)
-        chk |= (kind == Kind.BRK) & (tr.addr >= limit)
-        if chk.any():
-            r = int(np.argmax(chk))
-            raise TraceError(
-                f"record {base + r}: address range 0x{int(tr.addr[r]):x}+{int(tr.size[r])} is "
-                f"beyond the {self.va_bits}-bit guest virtual address space "
-                f"({self.config.guest.levels}-level guest page tables)")
-        big = (kind <= 3) & (tr.size > np.uint64(1 << 20))
-        if big.any():
-            r = int(np.argmax(big))
-            raise TraceError(f"record {base + r}: access size {int(tr.size[r])} is not a plausible "
-                             f"single access (expected at most 1 MiB)")
         forks = kind == Kind.FORK
-        child = np.where(forks, tr.addr, 0).astype(np.uint64)
-        if (forks & (child > np.uint64(2**62))).any():
-            r = int(np.argmax(forks & (child > np.uint64(2**62))))
-            raise TraceError(f"record {base + r}: fork child pid {int(child[r])} out of range")
-        # dense ids for every pid mentioned (record pids and fork children)
-        uniq = np.unique(np.concatenate([tr.pid, child[forks].astype(np.int64)]))
+        fork_idx = np.nonzero(forks)[0]
+        child = tr.addr[fork_idx]
+        if (child > np.uint64(2**62)).any():
+            r = int(fork_idx[np.argmax(child > np.uint64(2**62))])
+            raise TraceError(f"record {base + r}: fork child pid {int(tr.addr[r])} out of range")
+        pid_ids, child_ids_f = self._dense_ids(tr.pid, child.astype(np.int64))
+        child_ids = np.zeros(n, np.int64)
+        child_ids[fork_idx] = child_ids_f
+        slot = np.zeros(n, np.int64)
+        arg = np.zeros(n, np.int64)
+        va_limit = np.uint64(1) << np.uint64(self.va_bits)
+        err, r, self.nfree = _prepare(kind, tr.addr, tr.size, pid_ids, child_ids, _VALID_KIND,
+                                      va_limit, self.alive, self.slot_of, self.free_slots,
+                                      self.nfree, slot, arg)
+        if err:
+            p = int(tr.pid[r])
+            msg = {
+                1: f"process {p} has a record after its exit",
+                2: f"more than {self.config.guest.max_processes} processes alive at once",
+                3: f"fork creates child pid {int(tr.addr[r])}, which is already alive",
+                4: f"unknown record kind {int(kind[r])} (expected one of "
+                   f"{', '.join(f'{int(k)}={k.name}' for k in Kind)})",
+                5: f"address range 0x{int(tr.addr[r]):x}+{int(tr.size[r])} is beyond the "
+                   f"{self.va_bits}-bit guest virtual address space "
+                   f"({self.config.guest.levels}-level guest page tables)",
+                6: f"access size {int(tr.size[r])} is not a plausible single access "
+                   f"(expected at most 1 MiB)",
+            }[err]
+            raise TraceError(f"record {base + r}: {msg}")
+        return slot, arg
+
+    def _dense_ids(self, pids: np.ndarray, children: np.ndarray):
+        """Map pids (and fork children) to dense ids 0..P-1, stable across chunks."""
+        allp = np.concatenate([pids, children]) if len(children) else pids
+        lo = int(allp.min()) if len(allp) else 0
+        hi = int(allp.max()) if len(allp) else 0
+        if lo == hi:
+            uniq = allp[:1]  # the common single-process chunk
+        elif lo >= 0 and hi < (1 << 22):  # small pids: a counting pass instead of a sort
+            uniq = np.nonzero(np.bincount(allp, minlength=hi + 1))[0].astype(np.int64)
+        else:
+            uniq = np.unique(allp)
         for p in uniq.tolist():
             if p not in self.pid_ids:
                 self.pid_ids[p] = len(self.pid_ids)
@@ -307,26 +368,12 @@ class Machine:
         if ndense > len(self.alive):
             cap = max(2 * len(self.alive), ndense)
             self.alive = np.concatenate([self.alive, np.zeros(cap - len(self.alive), np.int8)])
-            self.slot_of = np.concatenate([self.slot_of, np.zeros(cap - len(self.slot_of),
-                                                                  np.int64)])
-        ids_sorted = np.array([self.pid_ids[p] for p in uniq.tolist()], np.int64)
-        pid_ids = ids_sorted[np.searchsorted(uniq, tr.pid)]
-        child_ids = np.zeros(n, np.int64)
-        if forks.any():
-            child_ids[forks] = ids_sorted[np.searchsorted(uniq, child[forks].astype(np.int64))]
-        slot = np.zeros(n, np.int64)
-        arg = np.zeros(n, np.int64)
-        err, r, self.nfree = _prepare(kind, pid_ids, child_ids, self.alive, self.slot_of,
-                                      self.free_slots, self.nfree, slot, arg)
-        if err:
-            p = int(tr.pid[r])
-            msg = {
-                1: f"process {p} has a record after its exit",
-                2: f"more than {self.config.guest.max_processes} processes alive at once",
-                3: f"fork creates child pid {int(tr.addr[r])}, which is already alive",
-            }[err]
-            raise TraceError(f"record {base + r}: {msg}")
-        return slot, arg
+            self.slot_of = np.concatenate([self.slot_of,
+                                           np.zeros(cap - len(self.slot_of), np.int64)])
+        ids = np.array([self.pid_ids[p] for p in uniq.tolist()], np.int64)
+        if len(uniq) == 1:
+            return np.full(len(pids), ids[0], np.int64), np.full(len(children), ids[0], np.int64)
+        return ids[np.searchsorted(uniq, pids)], ids[np.searchsorted(uniq, children)]
 
     # ------------------------------------------------------------------ running
     def run_chunk(self, tr: Trace, on_period) -> None:

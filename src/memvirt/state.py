@@ -4,7 +4,7 @@ The state is a tuple of numpy arrays (numba passes it to every kernel as one
 argument and each kernel unpacks what it needs):
 
     (S, C, ctag, cstamp, cval, cgeom, clast, cclock,
-     gup, gleaf, sup, sleaf, eup, refcnt, p2m, gfree, hfree, slots, oos, lim)
+     gup, gleaf, sup, sleaf, eup, refcnt, p2m, gfree, hfree, slots, oos, lim, scr)
 
 - ``S``: scalars (indices below), ``C``: event counters (``counters.py``)
 - ``c*``: the set-associative structures (``hw/cache.py``)
@@ -15,6 +15,7 @@ argument and each kernel unpacks what it needs):
 - ``slots[slot, SL_*]``: per-process (address space) state
 - ``oos``: keys of out-of-sync leaf shadow pages
 - ``lim``: per-table fill limits; the driver stops and grows tables beyond them
+- ``scr``: scratch rows for table traversals (``guest.pagetable.collect``)
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ LIM_SLEAF = 3
 LIM_EUP = 4
 LIM_GFN = 5
 LIM_HFREE = 6
-NLIMS = 7
+LIM_SCR = 7
+NLIMS = 8
+SCR_SLACK = 8192  # scratch beyond the largest table: the traversal stack's widest level
 
 # kernel status codes
 ST_DONE = 0

@@ -9,7 +9,7 @@ from .. import state as X
 from ..vmm.p2m import back_frame
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def alloc_gfn(st):
     """A free guest frame with reference count 1; returns (gfn, hfn) (hfn -1 when native)."""
     S, C, refcnt, gfree = st[0], st[1], st[13], st[15]
@@ -27,7 +27,7 @@ def alloc_gfn(st):
     return g, h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def put_frame(st, g):
     """Drop one reference to guest frame ``g``; a frame nobody maps returns to the free list."""
     S, refcnt, gfree = st[0], st[13], st[15]

@@ -19,12 +19,12 @@ from .frames import alloc_gfn, put_frame
 from .pagetable import STRIDE, TOMB, collect, find, make_key, put
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _shift(S, lv):
     return 12 + S[X.S_BITS] * lv
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def new_address_space(st, slot):
     S, C, slots = st[0], st[1], st[17]
     g, h = alloc_gfn(st)
@@ -41,7 +41,7 @@ def new_address_space(st, slot):
         shadow.new_root(st, slot)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def cr3_load(st, slot):
     """Context switch to address space ``slot``."""
     S, C, slots = st[0], st[1], st[17]
@@ -56,7 +56,7 @@ def cr3_load(st, slot):
             shadow.new_root(st, slot)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def guest_flush(st):
     """The guest flushes its whole TLB (a CR3 reload): exits under shadow paging."""
     S = st[0]
@@ -66,7 +66,7 @@ def guest_flush(st):
         shadow.oos_resync_all(st)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def guest_invlpg(st, slot, vpn):
     S, C = st[0], st[1]
     C[K.INVLPGS] += 1
@@ -76,7 +76,7 @@ def guest_invlpg(st, slot, vpn):
         shadow.oos_resync_page(st, slot, vpn << 12)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def page_fault(st, slot, va, leaf_i):
     """The guest's page-fault handler.  ``leaf_i`` >= 0: write to a COW page, else demand."""
     S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
@@ -109,22 +109,24 @@ def page_fault(st, slot, va, leaf_i):
     shadow.on_guest_pte_write(st, slot, 0, va)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unmap_pages(st, slot, lo, hi):
     """Clear present leaf entries of pages [lo, hi); returns pages cleared."""
     S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
-    leaves, _, _ = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi)
-    for c in leaves:
+    scr = st[20]
+    nl, _ = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi, scr)
+    for t in range(nl):
+        c = scr[0, t]
         j = find(gleaf, make_key(slot, 0, c))
         put_frame(st, gleaf[j * STRIDE + 1] >> 2)
         gleaf[j * STRIDE] = TOMB
         slots[slot, X.SL_NLEAF] -= 1
         C[K.PTE_UPDATES] += 1
         shadow.on_guest_pte_write(st, slot, 0, c << 12)
-    return leaves.shape[0]
+    return nl
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def munmap(st, slot, start, length):
     """Unmap [start, start+length): clear PTEs, then INVLPG each page or flush everything."""
     S = st[0]
@@ -142,7 +144,7 @@ def munmap(st, slot, start, length):
         guest_flush(st)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def brk(st, slot, new_brk):
     slots = st[17]
     old = slots[slot, X.SL_BRK]
@@ -155,7 +157,7 @@ def brk(st, slot, new_brk):
     slots[slot, X.SL_BRK] = new_brk
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def fork(st, parent, child):
     """Copy the parent's page table into a new address space, both sides copy-on-write."""
     S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
@@ -163,17 +165,18 @@ def fork(st, parent, child):
     C[K.PROCESS_OPS] += 1
     new_address_space(st, child)
     slots[child, X.SL_BRK] = slots[parent, X.SL_BRK]
-    leaves, ul, upref = collect(gup, gleaf, parent, S[X.S_LEVELS], S[X.S_BITS], 0,
-                                S[X.S_VA_PAGES])
+    scr = st[20]
+    nl, nu = collect(gup, gleaf, parent, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
     used_up = S[X.S_GUP_USED:X.S_GUP_USED + 1]
     used_leaf = S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1]
-    for i in range(ul.shape[0]):
+    for i in range(nu):
         g, h = alloc_gfn(st)
         C[K.PT_PAGES] += 1
-        put(gup, used_up, make_key(child, ul[i], upref[i]), g, h)
+        put(gup, used_up, make_key(child, scr[1, i], scr[2, i]), g, h)
         slots[child, X.SL_NUP] += 1
         C[K.PTE_UPDATES] += 1
-    for c in leaves:
+    for t in range(nl):
+        c = scr[0, t]
         j = find(gleaf, make_key(parent, 0, c))
         v = gleaf[j * STRIDE + 1]
         h = gleaf[j * STRIDE + 2]
@@ -190,31 +193,31 @@ def fork(st, parent, child):
     guest_flush(st)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def teardown(st, slot):
     """Free an address space: its mappings, its page-table pages and its shadow."""
     S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
     if S[X.S_MODE] == X.MODE_SHADOW and slots[slot, X.SL_SROOT] >= 0:
         vm_exit(st, K.EXIT_PTE_WRITE)  # the first teardown write unshadows it all
     shadow.destroy(st, slot)
-    leaves, ul, upref = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0,
-                                S[X.S_VA_PAGES])
-    for c in leaves:
-        j = find(gleaf, make_key(slot, 0, c))
+    scr = st[20]
+    nl, nu = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
+    for t in range(nl):
+        j = find(gleaf, make_key(slot, 0, scr[0, t]))
         put_frame(st, gleaf[j * STRIDE + 1] >> 2)
         gleaf[j * STRIDE] = TOMB
-    for i in range(ul.shape[0]):
-        j = find(gup, make_key(slot, ul[i], upref[i]))
+    for i in range(nu):
+        j = find(gup, make_key(slot, scr[1, i], scr[2, i]))
         put_frame(st, gup[j * STRIDE + 1])
         gup[j * STRIDE] = TOMB
     put_frame(st, slots[slot, X.SL_ROOT_GFN])
-    C[K.PTE_UPDATES] += leaves.shape[0]
+    C[K.PTE_UPDATES] += nl
     slots[slot, X.SL_NUP] = 0
     slots[slot, X.SL_NLEAF] = 0
     flush_tlbs(st)  # the address-space id may be reused
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def exec_(st, slot):
     C = st[1]
     C[K.EXECS] += 1
@@ -223,7 +226,7 @@ def exec_(st, slot):
     new_address_space(st, slot)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def exit_(st, slot):
     S, C, slots = st[0], st[1], st[17]
     C[K.EXITS] += 1

@@ -33,19 +33,19 @@ def new_table(capacity: int) -> np.ndarray:
     return t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def make_key(space, level, prefix):
     # space < 2**12, level < 8, prefix < 2**45 (57-bit VA, 4 KiB pages): fits in 60 bits.
     return (space << 48) | (level << 45) | prefix
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def _hash(key):
     h = key * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
     return h ^ (h >> 29)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def find(t, key):
     """Slot index of ``key`` or -1."""
     mask = (t.shape[0] // STRIDE) - 1
@@ -59,7 +59,7 @@ def find(t, key):
         i = (i + 1) & mask
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def put(t, used, key, val, aux):
     """Insert or update; ``used[0]`` counts live entries plus tombstones.  Returns slot."""
     mask = (t.shape[0] // STRIDE) - 1
@@ -87,7 +87,7 @@ def put(t, used, key, val, aux):
     return i
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def remove(t, key):
     i = find(t, key)
     if i >= 0:
@@ -118,46 +118,34 @@ def _reinsert(new, old, live):
         new[j * STRIDE + 3] = old[i * STRIDE + 3]
 
 
-@njit(cache=True)
-def _push(buf, n, v):
-    if n == buf.shape[0]:
-        nb = np.empty(buf.shape[0] * 2, np.int64)
-        nb[:n] = buf[:n]
-        buf = nb
-    buf[n] = v
-    return buf
-
-
-@njit(cache=True)
-def collect(up, leaf, space, levels, bits, lo_vpn, hi_vpn):
+@njit(cache=True, _nrt=False)
+def collect(up, leaf, space, levels, bits, lo_vpn, hi_vpn, scr):
     """Present entries of address space ``space`` covering pages [lo_vpn, hi_vpn).
 
-    Returns (leaf vpns, upper-entry levels, upper-entry prefixes), the upper entries in
-    parent-before-child order.  Visits only present subtrees.
+    Writes leaf vpns to ``scr[0]``, upper-entry levels and prefixes to ``scr[1]`` and
+    ``scr[2]`` (parent before child) and returns (number of leaves, number of upper
+    entries).  ``scr[3:5]`` is the traversal stack.  The driver keeps ``scr`` larger
+    than any table plus the widest level, so this never writes out of bounds.
+    Visits only present subtrees.
     """
-    leaves = np.empty(64, np.int64)
-    ul = np.empty(16, np.int64)
-    up_ = np.empty(16, np.int64)
     nl = 0
     nu = 0
     if hi_vpn <= lo_vpn:
-        return leaves[:0], ul[:0], up_[:0]
+        return 0, 0
     top = levels - 1
-    stack_l = np.empty(64, np.int64)
-    stack_p = np.empty(64, np.int64)
     ns = 0
     sh = bits * top  # vpn -> prefix at the top level
     for p in range((hi_vpn - 1) >> sh, (lo_vpn >> sh) - 1, -1):
         if find(up, make_key(space, top, p)) >= 0:
-            stack_l = _push(stack_l, ns, top)
-            stack_p = _push(stack_p, ns, p)
+            scr[3, ns] = top
+            scr[4, ns] = p
             ns += 1
     while ns > 0:
         ns -= 1
-        lv = stack_l[ns]
-        p = stack_p[ns]
-        ul = _push(ul, nu, lv)
-        up_ = _push(up_, nu, p)
+        lv = scr[3, ns]
+        p = scr[4, ns]
+        scr[1, nu] = lv
+        scr[2, nu] = p
         nu += 1
         csh = bits * (lv - 1)
         c_lo = max(p << bits, lo_vpn >> csh)
@@ -165,12 +153,12 @@ def collect(up, leaf, space, levels, bits, lo_vpn, hi_vpn):
         if lv == 1:
             for c in range(c_lo, c_hi + 1):
                 if find(leaf, make_key(space, 0, c)) >= 0:
-                    leaves = _push(leaves, nl, c)
+                    scr[0, nl] = c
                     nl += 1
         else:
             for c in range(c_hi, c_lo - 1, -1):
                 if find(up, make_key(space, lv - 1, c)) >= 0:
-                    stack_l = _push(stack_l, ns, lv - 1)
-                    stack_p = _push(stack_p, ns, c)
+                    scr[3, ns] = lv - 1
+                    scr[4, ns] = c
                     ns += 1
-    return leaves[:nl], ul[:nu], up_[:nu]
+    return nl, nu

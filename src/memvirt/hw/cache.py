@@ -47,7 +47,7 @@ def allocate(geometries: list[tuple[int, int]]):
     return tag, stamp, val, geom, last, clock
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def lookup(tag, stamp, geom, last, clock, cid, key):
     """Index of ``key`` in structure ``cid`` (and mark it most recently used), or -1."""
     if last[cid, 0] == key:
@@ -67,7 +67,7 @@ def lookup(tag, stamp, geom, last, clock, cid, key):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     """Insert ``key`` (must not be present) evicting the LRU way; returns the evicted key."""
     sets = geom[cid, 1]
@@ -93,7 +93,7 @@ def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     return old
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def invalidate(tag, geom, last, cid, key):
     sets = geom[cid, 1]
     if sets == 0:
@@ -106,7 +106,7 @@ def invalidate(tag, geom, last, cid, key):
     last[cid, 0] = EMPTY
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def flush(tag, geom, last, cid):
     n = geom[cid, 1] * geom[cid, 2]
     b = geom[cid, 0]
@@ -115,7 +115,7 @@ def flush(tag, geom, last, cid):
     last[cid, 0] = EMPTY
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def access_stream(keys, tag, stamp, val, geom, last, clock, cid):
     """Run a key stream through one structure; returns (hits, misses, evictions).
 

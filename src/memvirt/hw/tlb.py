@@ -13,19 +13,19 @@ from .. import counters as K
 from .cache import DTLB, ITLB, NPSC0, NTLB, PSC0, STLB, flush, invalidate
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def tlb_key(slot, vpn):
     return (slot << 45) | vpn
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def flush_psc(st):
     ctag, cgeom, clast = st[2], st[5], st[6]
     for lv in range(1, 5):
         flush(ctag, cgeom, clast, PSC0 + lv)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def flush_tlbs(st):
     """Flush the TLBs and paging-structure caches (a CR3 reload without PCID, a VPID-less exit)."""
     C, ctag, cgeom, clast = st[1], st[2], st[5], st[6]
@@ -36,7 +36,7 @@ def flush_tlbs(st):
     C[K.TLB_FLUSHES] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def flush_nested(st):
     """Flush the nested TLB and nested paging-structure caches (EPT root change)."""
     ctag, cgeom, clast = st[2], st[5], st[6]
@@ -45,7 +45,7 @@ def flush_nested(st):
         flush(ctag, cgeom, clast, NPSC0 + lv)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def invlpg_tlbs(st, slot, vpn):
     """INVLPG: drop one page's entries; paging-structure caches are flushed (Intel SDM 4.10.4.1)."""
     ctag, cgeom, clast = st[2], st[5], st[6]

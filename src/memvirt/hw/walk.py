@@ -24,17 +24,17 @@ from ..vmm.p2m import back_frame, hfn_of
 from .cache import NPSC0, NTLB, PSC0, PTEC, insert, lookup
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def level_shift(S, lv):
     return 12 + S[X.S_BITS] * lv
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def level_index(S, va, lv):
     return (va >> level_shift(S, lv)) & ((1 << S[X.S_BITS]) - 1)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def ref(st, paddr):
     """One walk reference to host-physical byte address ``paddr``."""
     C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
@@ -47,7 +47,7 @@ def ref(st, paddr):
         insert(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, line, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def walk_1d(st, up, leaf, slot, root, va):
     """Walk a one-dimensional table (guest table natively, shadow table under shadow paging).
 
@@ -80,7 +80,7 @@ def walk_1d(st, up, leaf, slot, root, va):
         lv -= 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def translate_gpa(st, gfn):
     """Nested dimension: guest frame -> host frame through the nested TLB and the EPT."""
     S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
@@ -124,9 +124,13 @@ def translate_gpa(st, gfn):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def walk_2d(st, slot, va):
-    """Two-dimensional walk of the guest table under EPT.  Returns the guest leaf slot or -1."""
+    """Two-dimensional walk of the guest table under EPT.  Returns the guest leaf slot or -1.
+
+    One loop, one call site for the nested translation (of each guest table and, last, of
+    the data frame), so the whole walk inlines into the access path once.
+    """
     S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
         st[6], st[7]
     gup, gleaf, slots = st[8], st[9], st[17]
@@ -143,20 +147,30 @@ def walk_2d(st, slot, va):
             lv = probe - 1
             thfn = cval[i]
             break
+    psc_key = -1  # PSC entry to fill once the child table's host frame is known
+    psc_lv = 0
+    leaf_i = -1
     while True:
         if thfn < 0:
             thfn = translate_gpa(st, tgfn)
+            if lv < 0:  # that was the data frame: the walk is complete
+                return leaf_i
+            if psc_key >= 0:
+                insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + psc_lv, psc_key, thfn)
         ref(st, (thfn << 12) + level_index(S, va, lv) * 8)
         if lv == 0:
-            i = find(gleaf, make_key(slot, 0, va >> 12))
-            if i >= 0:
-                translate_gpa(st, gleaf[i * STRIDE + 1] >> 2)
-            return i
-        k = make_key(slot, lv, va >> level_shift(S, lv))
-        i = find(gup, k)
-        if i < 0:
-            return -1
-        tgfn = gup[i * STRIDE + 1]
-        thfn = translate_gpa(st, tgfn)
-        insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + lv, k, thfn)
+            leaf_i = find(gleaf, make_key(slot, 0, va >> 12))
+            if leaf_i < 0:
+                return -1
+            tgfn = gleaf[leaf_i * STRIDE + 1] >> 2
+            psc_key = -1
+        else:
+            k = make_key(slot, lv, va >> level_shift(S, lv))
+            i = find(gup, k)
+            if i < 0:
+                return -1
+            tgfn = gup[i * STRIDE + 1]
+            psc_key = k
+            psc_lv = lv
+        thfn = -1
         lv -= 1

@@ -25,14 +25,19 @@ from . import shadow
 from .p2m import vm_exit
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def _walk(st, slot, va, store):
     """Walk until the translation allows the access; returns its write permission, or -1
     after handling a fault (the access is retried)."""
     S, gup, gleaf, sup, sleaf, slots = st[0], st[8], st[9], st[10], st[11], st[17]
     mode = S[X.S_MODE]
+    if mode == X.MODE_NESTED:
+        i = walk_2d(st, slot, va)
+    else:  # one call site: the walk inlines once
+        shadowed = mode == X.MODE_SHADOW
+        i = walk_1d(st, sup if shadowed else gup, sleaf if shadowed else gleaf, slot,
+                    slots[slot, X.SL_SROOT] if shadowed else slots[slot, X.SL_ROOT_GFN], va)
     if mode == X.MODE_SHADOW:
-        i = walk_1d(st, sup, sleaf, slot, slots[slot, X.SL_SROOT], va)
         if i >= 0:
             w = sleaf[i * STRIDE + 1] & 1
             if store == 0 or w == 1:
@@ -45,10 +50,6 @@ def _walk(st, slot, va, store):
             vm_exit(st, K.EXIT_PF_TRUE)
             guest.page_fault(st, slot, va, g)
         return -1
-    if mode == X.MODE_NESTED:
-        i = walk_2d(st, slot, va)
-    else:
-        i = walk_1d(st, gup, gleaf, slot, slots[slot, X.SL_ROOT_GFN], va)
     if i >= 0:
         w = gleaf[i * STRIDE + 1] & 1
         if store == 0 or w == 1:
@@ -57,7 +58,7 @@ def _walk(st, slot, va, store):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False, inline="always")
 def access(st, slot, va, store, fetch):
     """Translate one access (one page).  Returns False if it never settles (internal error)."""
     C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]

@@ -17,7 +17,7 @@ from ..guest.pagetable import find, make_key, put
 from ..hw.tlb import flush_tlbs
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def vm_exit(st, reason):
     """Count one VM exit; without VPID the TLBs are flushed on the way out and back in."""
     S, C = st[0], st[1]
@@ -26,7 +26,7 @@ def vm_exit(st, reason):
         flush_tlbs(st)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def alloc_hfn(st, n):
     """Host frames: one frame for shadow/EPT pages (recycled), or ``n`` contiguous for backing."""
     S, hfree = st[0], st[16]
@@ -38,14 +38,14 @@ def alloc_hfn(st, n):
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def free_hfn(st, h):
     S, hfree = st[0], st[16]
     hfree[S[X.S_HFREE_TOP]] = h
     S[X.S_HFREE_TOP] += 1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False, inline="always")
 def hfn_of(st, gfn):
     """Host frame backing guest frame ``gfn``, or -1."""
     S, p2m = st[0], st[14]
@@ -57,7 +57,7 @@ def hfn_of(st, gfn):
     return b + (gfn & 511)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def back_frame(st, gfn):
     """Back ``gfn`` if needed (one exit); returns its hfn."""
     S, C, eup, p2m = st[0], st[1], st[12], st[14]

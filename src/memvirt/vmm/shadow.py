@@ -23,7 +23,7 @@ from ..guest.pagetable import STRIDE, TOMB, collect, find, make_key, put, remove
 from .p2m import alloc_hfn, free_hfn, vm_exit
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _shadowed(st, slot, lv, va):
     """Is the guest page-table page holding the level-``lv`` entry for ``va`` shadowed?"""
     S, sup, slots = st[0], st[10], st[17]
@@ -32,7 +32,7 @@ def _shadowed(st, slot, lv, va):
     return find(sup, make_key(slot, lv + 1, va >> (12 + S[X.S_BITS] * (lv + 1)))) >= 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _propagate_leaf(st, slot, va):
     """Make the shadow leaf for ``va`` match the guest leaf (or drop it)."""
     S, C, gleaf, sleaf = st[0], st[1], st[9], st[11]
@@ -47,14 +47,14 @@ def _propagate_leaf(st, slot, va):
     C[K.SHADOW_FILLS] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def oos_resync_all(st):
     S, C = st[0], st[1]
     C[K.OOS_RESYNCS] += S[X.S_OOS_N]
     S[X.S_OOS_N] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def oos_drop_slot(st, slot):
     """Forget unsynced pages of an address space that is being torn down."""
     S, oos = st[0], st[18]
@@ -66,7 +66,7 @@ def oos_drop_slot(st, slot):
     S[X.S_OOS_N] = j
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def oos_resync_page(st, slot, va):
     """INVLPG of an address in an unsynced page resyncs that page (Xen)."""
     S, C, oos = st[0], st[1], st[18]
@@ -80,7 +80,7 @@ def oos_resync_page(st, slot, va):
             return
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_guest_pte_write(st, slot, lv, va):
     """The guest wrote its level-``lv`` entry for ``va`` (already updated in the guest table)."""
     S, oos = st[0], st[18]
@@ -108,7 +108,7 @@ def on_guest_pte_write(st, slot, lv, va):
     # An upper entry now points to a new, not yet shadowed, guest page: nothing to propagate.
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def new_root(st, slot):
     C, slots = st[1], st[17]
     slots[slot, X.SL_SROOT] = alloc_hfn(st, 1)
@@ -117,7 +117,7 @@ def new_root(st, slot):
     C[K.SHADOW_PAGES] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def fill(st, slot, va):
     """Hidden fault: build the missing shadow levels for ``va`` from the guest table."""
     S, C, sup, slots = st[0], st[1], st[10], st[17]
@@ -134,22 +134,22 @@ def fill(st, slot, va):
     _propagate_leaf(st, slot, va)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def destroy(st, slot):
     """Tear down one address space's shadow table; returns shadow pages freed."""
     S, C, sup, sleaf, slots = st[0], st[1], st[10], st[11], st[17]
     if slots[slot, X.SL_SROOT] < 0:
         return 0
-    leaves, ul, upref = collect(sup, sleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0,
-                                S[X.S_VA_PAGES])
-    for c in leaves:
-        remove(sleaf, make_key(slot, 0, c))
-    for i in range(ul.shape[0]):
-        j = find(sup, make_key(slot, ul[i], upref[i]))
+    scr = st[20]
+    nl, nu = collect(sup, sleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
+    for t in range(nl):
+        remove(sleaf, make_key(slot, 0, scr[0, t]))
+    for i in range(nu):
+        j = find(sup, make_key(slot, scr[1, i], scr[2, i]))
         free_hfn(st, sup[j * STRIDE + 1])
         sup[j * STRIDE] = TOMB
     free_hfn(st, slots[slot, X.SL_SROOT])
-    freed = ul.shape[0] + 1
+    freed = nu + 1
     C[K.SHADOW_PAGES_FREED] += freed
     C[K.SHADOW_ROOTS] += 1
     slots[slot, X.SL_SROOT] = -1

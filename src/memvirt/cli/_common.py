@@ -1,0 +1,39 @@
+"""Shared CLI helpers: config options and trace arguments."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import Config
+from ..errors import MemvirtError
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.toml", help="configuration file (TOML)")
+    p.add_argument("--profile", metavar="NAME", help="machine profile (e.g. nehalem-2010, modern)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one config key, e.g. --set hw.stlb.entries=1024 (repeatable)")
+
+
+def config_from_args(args) -> Config:
+    return Config.load(args.config, overrides=args.overrides, profile=args.profile)
+
+
+def resolve_trace(spec: str):
+    """A trace file path, or ``synth:NAME[:k=v,k=v]`` for a built-in generator."""
+    if spec.startswith("synth:"):
+        from ..config import parse_value
+        from ..trace.synth import synthesize
+
+        parts = spec.split(":", 2)
+        params = {}
+        if len(parts) == 3 and parts[2]:
+            for kv in parts[2].split(","):
+                if "=" not in kv:
+                    raise MemvirtError(f"synthetic trace '{spec}': expected k=v, got '{kv}'")
+                k, v = kv.split("=", 1)
+                params[k.strip()] = parse_value(v.strip())
+        tr = synthesize(parts[1], **params)
+        tr.meta.setdefault("name", parts[1])
+        return tr
+    return spec

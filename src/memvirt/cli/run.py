@@ -1,0 +1,75 @@
+"""memvirt run: replay one trace under one paging mode."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..api import MODE_CHOICES, simulate
+from ._common import add_config_args, config_from_args, resolve_trace
+
+NAME = "run"
+HELP = "replay a trace under native, shadow, nested or selective paging"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("trace", help="trace file (parquet, lackey, champsim) or synth:NAME[:k=v,...]")
+    p.add_argument("--mode", choices=MODE_CHOICES, default="native")
+    p.add_argument("--policy", help="switching policy for --mode selective (dsp, cost, "
+                   "static, oracle or module:Class)")
+    p.add_argument("--format", help="trace format if it cannot be detected")
+    add_config_args(p)
+    p.add_argument("--json", metavar="OUT", help="write the result as JSON ('-' for stdout)")
+    p.add_argument("--no-samples", action="store_true", help="leave per-period samples out of JSON")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    trace = resolve_trace(args.trace)
+    if args.format and isinstance(trace, str):
+        from ..trace.base import open_trace
+
+        trace = open_trace(trace, args.format)
+    res = simulate(trace, cfg, args.mode, policy=args.policy)
+    d = res.to_dict(samples=not args.no_samples)
+    if args.json == "-":
+        json.dump(d, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(d, f, indent=2)
+    if not args.quiet and args.json != "-":
+        print_summary(d)
+    return 0
+
+
+def print_summary(d: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"memvirt run: mode {d['mode']}" + (f", policy {d['policy']}"
+                                                         if d.get("policy") else ""))
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("instructions", f"{d['instructions']:,}")
+    t.add_row("accesses", f"{d['accesses']:,}")
+    t.add_row("cycles", f"{d['cycles']:,.0f}")
+    for k, v in d["cycles_breakdown"].items():
+        if v:
+            t.add_row(f"  {k}", f"{v:,.0f} ({100 * v / d['cycles']:.1f}%)")
+    t.add_row("TLB misses / 1K instr", f"{d['rates']['tlb_misses_per_ki']:.3f}")
+    t.add_row("walks", f"{d['walks']:,}")
+    t.add_row("walk references", f"{d['walk_refs']:,}")
+    t.add_row("guest page faults", f"{d['guest_page_faults']['total']:,}")
+    t.add_row("VM exits", f"{d['vm_exits']['total']:,}")
+    for k, v in d["vm_exits"]["by_reason"].items():
+        if v:
+            t.add_row(f"  {k}", f"{v:,}")
+    if d.get("selective"):
+        s = d["selective"]
+        t.add_row("mode switches", str(s["switches"]))
+        for m, f in s["time_fraction_in_mode"].items():
+            t.add_row(f"  time in {m}", f"{100 * f:.1f}%")
+    con.print(t)
