@@ -1,0 +1,353 @@
+"""The memvirt trace file: plain Parquet columns, zstd-compressed, written and read in chunks.
+
+Schema (exactly the ``Trace`` columns of ``records.py``, no nulls)::
+
+    kind uint8, addr uint64, size uint64, pid int64, icount uint32
+
+Row groups hold about ``ROW_GROUP_RECORDS`` (1 Mi) records, so a writer never holds more
+than about two row groups in memory and a reader streams one batch at a time.
+
+Key-value metadata in the file footer:
+
+``memvirt.format_version``
+    ``"1"``.  Files without it (written by other tools with the right columns) are read as
+    format 1.
+``memvirt.meta``
+    JSON object: whatever the producer passed (``source``, ``command``, ``capture_date``,
+    ``tools`` ...) plus what the writer counted: ``records``, ``counts`` (records per kind
+    name), ``instructions`` and ``processes``.
+
+Because the columns are plain, pandas (``pd.read_parquet``), DuckDB
+(``SELECT * FROM 'trace.parquet'``) and polars read the file as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import TraceError
+from .base import DEFAULT_CHUNK, register_reader
+from .records import VALID_KINDS, Kind, Trace
+
+FORMAT_VERSION = 1
+META_VERSION_KEY = "memvirt.format_version"
+META_KEY = "memvirt.meta"
+ROW_GROUP_RECORDS = 1 << 20
+MAGIC = b"PAR1"
+
+_ARROW_TYPES = {
+    "kind": pa.uint8(),
+    "addr": pa.uint64(),
+    "size": pa.uint64(),
+    "pid": pa.int64(),
+    "icount": pa.uint32(),
+}
+SCHEMA = pa.schema([pa.field(name, typ, nullable=False) for name, typ in _ARROW_TYPES.items()])
+
+_VALID_LUT = np.zeros(256, dtype=bool)
+_VALID_LUT[VALID_KINDS] = True
+
+
+def kind_counts(counts: np.ndarray) -> dict[str, int]:
+    """Map a 256-entry bincount of kinds to ``{kind name: count}`` (nonzero kinds only)."""
+    out = {}
+    for k in Kind:
+        if counts[int(k)]:
+            out[k.name] = int(counts[int(k)])
+    return out
+
+
+class TraceStats:
+    """Running totals over a stream of ``Trace`` chunks (records, kinds, instructions, pids)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.instructions = 0
+        self.kinds = np.zeros(256, dtype=np.int64)
+        self._pids: set[int] = set()
+
+    def add(self, trace: Trace) -> None:
+        n = len(trace)
+        if not n:
+            return
+        self.records += n
+        self.instructions += int(trace.icount.sum(dtype=np.uint64))
+        self.kinds += np.bincount(trace.kind, minlength=256)
+        p = trace.pid
+        if p[0] == p[-1] and np.all(p == p[0]):
+            self._pids.add(int(p[0]))
+        else:
+            self._pids.update(int(x) for x in np.unique(p))
+
+    @property
+    def pids(self) -> list[int]:
+        return sorted(self._pids)
+
+    def as_meta(self) -> dict:
+        return {
+            "records": self.records,
+            "counts": kind_counts(self.kinds),
+            "instructions": self.instructions,
+            "processes": len(self._pids),
+        }
+
+
+def rechunk(pieces: Iterable[Trace], chunk_records: int, meta: dict | None = None) -> Iterator[Trace]:
+    """Regroup a stream of ``Trace`` pieces into chunks of exactly ``chunk_records``
+    (the last one may be shorter).  Memory stays within about two chunks."""
+    if chunk_records <= 0:
+        raise ValueError("chunk_records must be positive")
+    held: list[Trace] = []
+    n_held = 0
+    for piece in pieces:
+        if not len(piece):
+            continue
+        held.append(piece)
+        n_held += len(piece)
+        if n_held < chunk_records:
+            continue
+        whole = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
+        start = 0
+        while n_held - start >= chunk_records:
+            out = whole.slice(start, start + chunk_records)
+            if meta is not None:
+                out.meta = meta
+            yield out
+            start += chunk_records
+        rest = whole.slice(start, n_held)
+        held = [rest] if len(rest) else []
+        n_held = len(rest)
+    if n_held:
+        out = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
+        if meta is not None:
+            out.meta = meta
+        yield out
+
+
+class TraceWriter:
+    """Write ``Trace`` chunks to a memvirt Parquet file, one row group per ~1 Mi records.
+
+    Use as a context manager.  The file appears under its name only when the writer closes
+    without an error (it is written to a temporary name first)."""
+
+    def __init__(self, path, meta: dict | None = None, *,
+                 row_group_records: int = ROW_GROUP_RECORDS, compression_level: int | None = None):
+        self.path = Path(path)
+        self.meta = dict(meta or {})
+        self.row_group_records = int(row_group_records)
+        if self.row_group_records <= 0:
+            raise ValueError("row_group_records must be positive")
+        self.stats = TraceStats()
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._held: list[Trace] = []
+        self._n_held = 0
+        self._closed = False
+        try:
+            self._writer = pq.ParquetWriter(
+                str(self._tmp), SCHEMA, compression="zstd",
+                compression_level=compression_level,
+                use_dictionary=["kind", "pid", "icount", "size"],
+            )
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, trace: Trace) -> None:
+        if self._closed:
+            raise ValueError("write to a closed TraceWriter")
+        if not len(trace):
+            return
+        self.stats.add(trace)
+        self._held.append(trace)
+        self._n_held += len(trace)
+        if self._n_held >= self.row_group_records:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._n_held:
+            return
+        whole = self._held[0] if len(self._held) == 1 else Trace.concat(self._held)
+        rg = self.row_group_records
+        stop = self._n_held if final else (self._n_held // rg) * rg
+        for s in range(0, stop, rg):
+            self._write_table(whole.slice(s, min(s + rg, stop)))
+        rest = whole.slice(stop, self._n_held)
+        self._held = [rest] if len(rest) else []
+        self._n_held = len(rest)
+
+    def _write_table(self, t: Trace) -> None:
+        arrays = [pa.array(getattr(t, name), type=typ) for name, typ in _ARROW_TYPES.items()]
+        table = pa.Table.from_arrays(arrays, schema=SCHEMA)
+        try:
+            self._writer.write_table(table, row_group_size=self.row_group_records)
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._flush(final=True)
+            meta = dict(self.meta)
+            meta.update(self.stats.as_meta())
+            kv = {
+                META_VERSION_KEY: str(FORMAT_VERSION),
+                META_KEY: json.dumps(meta, sort_keys=True, default=str),
+            }
+            self._writer.add_key_value_metadata(kv)
+            self._writer.close()
+            self._closed = True
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the partly written file."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - best effort clean-up
+                pass
+        try:
+            self._tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def write_trace(trace: Trace, path, meta: dict | None = None, *,
+                row_group_records: int = ROW_GROUP_RECORDS) -> Path:
+    """Write a whole in-memory trace (its ``meta`` updated by ``meta``)."""
+    m = dict(trace.meta)
+    m.update(meta or {})
+    with TraceWriter(path, m, row_group_records=row_group_records) as w:
+        for chunk in trace.chunks(row_group_records):
+            w.write(chunk)
+    return Path(path)
+
+
+class ParquetTraceSource:
+    """A memvirt Parquet trace, read in chunks (``chunks(chunk_records)``)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._pf = pq.ParquetFile(str(self.path))
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self.path}: not a readable Parquet file ({e})") from None
+        self._check_schema()
+        kv = self._pf.metadata.metadata or {}
+        version = kv.get(META_VERSION_KEY.encode(), b"1").decode(errors="replace")
+        try:
+            v = int(version)
+        except ValueError:
+            raise TraceError(
+                f"{self.path}: metadata {META_VERSION_KEY}={version!r} is not an integer"
+            ) from None
+        if v > FORMAT_VERSION:
+            raise TraceError(
+                f"{self.path}: trace format version {v} is newer than this memvirt reads "
+                f"({FORMAT_VERSION}); upgrade memvirt"
+            )
+        raw = kv.get(META_KEY.encode())
+        meta: dict = {}
+        if raw is not None:
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                raise TraceError(f"{self.path}: metadata {META_KEY} is not valid JSON") from None
+            if not isinstance(meta, dict):
+                raise TraceError(f"{self.path}: metadata {META_KEY} is not a JSON object")
+        self.meta = meta
+        self.num_records = int(self._pf.metadata.num_rows)
+        self.records_read = 0
+
+    def _check_schema(self) -> None:
+        schema = self._pf.schema_arrow
+        for name, typ in _ARROW_TYPES.items():
+            idx = schema.get_field_index(name)
+            if idx < 0:
+                raise TraceError(
+                    f"{self.path}: column '{name}' is missing (a memvirt trace needs columns "
+                    f"{', '.join(f'{n} {t}' for n, t in _ARROW_TYPES.items())})"
+                )
+            got = schema.field(idx).type
+            if got != typ:
+                raise TraceError(f"{self.path}: column '{name}' has type {got}, expected {typ}")
+
+    def progress(self) -> tuple[int, int]:
+        """(records read, total records)."""
+        return self.records_read, self.num_records
+
+    def _batches(self, chunk_records: int) -> Iterator[Trace]:
+        names = list(_ARROW_TYPES)
+        row = 0
+        try:
+            batches = self._pf.iter_batches(batch_size=chunk_records, columns=names,
+                                            use_threads=True)
+            for batch in batches:
+                cols = {}
+                for name in names:
+                    col = batch.column(batch.schema.get_field_index(name))
+                    if col.null_count:
+                        first = np.flatnonzero(
+                            np.asarray(col.is_null().to_numpy(zero_copy_only=False)))[0]
+                        raise TraceError(
+                            f"{self.path}: column '{name}' has a null at record {row + first}"
+                        )
+                    cols[name] = col.to_numpy(zero_copy_only=False, writable=True)
+                kind = cols["kind"]
+                ok = _VALID_LUT[kind]
+                if not ok.all():
+                    bad = int(np.flatnonzero(~ok)[0])
+                    raise TraceError(
+                        f"{self.path}: record {row + bad}: invalid kind {int(kind[bad])} "
+                        f"(valid: {', '.join(f'{int(k)}={k.name}' for k in Kind)})"
+                    )
+                row += len(kind)
+                self.records_read = row
+                yield Trace(**cols, meta=self.meta)
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self.path}: cannot read record {row}: {e}") from None
+
+    def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
+        self.records_read = 0
+        yield from rechunk(self._batches(chunk_records), chunk_records, meta=self.meta)
+
+
+def read_parquet(path) -> ParquetTraceSource:
+    return ParquetTraceSource(path)
+
+
+def _detect(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return False
+
+
+register_reader("parquet", read_parquet, _detect,
+                "memvirt trace file (Parquet, zstd; columns kind addr size pid icount)")
+
+__all__ = [
+    "FORMAT_VERSION", "META_KEY", "META_VERSION_KEY", "ROW_GROUP_RECORDS", "SCHEMA",
+    "ParquetTraceSource", "TraceStats", "TraceWriter", "kind_counts", "read_parquet", "rechunk",
+    "write_trace",
+]
