@@ -28,35 +28,73 @@ from .vmm.modes import access
 # ----------------------------------------------------------------------------- kernel
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _flush_fast(C, cclock, clk, fl, fs, ff):
+    """Add the fast path's local counts to the counters (loads, stores, fetches: all hits)."""
+    C[K.ACCESSES] += fl + fs + ff
+    C[K.LOADS] += fl
+    C[K.STORES] += fs
+    C[K.IFETCH] += ff
+    C[K.DTLB_HIT] += fl + fs
+    C[K.ITLB_HIT] += ff
+    cclock[0] = clk
+
+
 @njit(cache=True, _nrt=False)
 def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
     """Process records [pos, end).  Returns (status, next record index)."""
     S, C, slots, lim = st[0], st[1], st[17], st[19]
     ctag, cstamp, cval, cgeom, clast, cclock = st[2], st[3], st[4], st[5], st[6], st[7]
     levels = S[X.S_LEVELS]
+    # The fast path (a single-page access that hits the L1 TLB) keeps its counts, the
+    # instruction count and the LRU clock in locals; they are written back before anything
+    # else runs and on return.
+    instr = C[K.INSTR]
+    clk = cclock[0]
+    fl = 0
+    fs = 0
+    ff = 0
     for r in range(pos, end):
         k = kind[r]
         s = slot[r]
-        # Fast path: an access within one page that hits the L1 TLB, without a call.  On a
-        # miss access() looks up again: a miss changes nothing, so nothing is counted twice.
         if k <= 2 and s == S[X.S_CUR]:
             va = np.int64(addr[r])
-            sz = np.int64(size[r])
-            if (va & 4095) + sz <= 4096:
+            if (va & 4095) + np.int64(size[r]) <= 4096:
                 cid = hwc.ITLB if k == 0 else hwc.DTLB
-                i = hwc.lookup(ctag, cstamp, cgeom, clast, cclock, cid, (s << 45) | (va >> 12))
-                if i >= 0 and (k != 2 or cval[i] == 1):
-                    C[K.ACCESSES] += 1
+                key = (s << 45) | (va >> 12)
+                hit = -1
+                if clast[cid, 0] == key:  # already the most recently used: LRU unchanged
+                    hit = clast[cid, 1]
+                else:
+                    ways = cgeom[cid, 2]
+                    b = cgeom[cid, 0] + (key & cgeom[cid, 3]) * ways
+                    for w in range(ways):
+                        if ctag[b + w] == key:
+                            clk += 1
+                            cstamp[b + w] = clk
+                            clast[cid, 0] = key
+                            clast[cid, 1] = b + w
+                            hit = b + w
+                            break
+                if hit >= 0 and (k != 2 or cval[hit] == 1):
                     if k == 0:
-                        C[K.IFETCH] += 1
-                        C[K.ITLB_HIT] += 1
+                        ff += 1
+                    elif k == 1:
+                        fl += 1
                     else:
-                        C[K.LOADS if k == 1 else K.STORES] += 1
-                        C[K.DTLB_HIT] += 1
-                    C[K.INSTR] += icount[r]
-                    if C[K.INSTR] >= boundary:
+                        fs += 1
+                    instr += icount[r]
+                    if instr >= boundary:
+                        C[K.INSTR] = instr
+                        _flush_fast(C, cclock, clk, fl, fs, ff)
                         return X.ST_PERIOD, r + 1
                     continue
+        # Slow path: bring the shared state up to date first.
+        C[K.INSTR] = instr
+        _flush_fast(C, cclock, clk, fl, fs, ff)
+        fl = 0
+        fs = 0
+        ff = 0
         # Room for what this record may add (a fork copies the parent's whole table).
         need = 4 * levels + 16
         if k == 11:
@@ -118,8 +156,12 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
         elif k == 13:
             guest.exit_(st, s)
         C[K.INSTR] += icount[r]
-        if C[K.INSTR] >= boundary:
+        instr = C[K.INSTR]
+        clk = cclock[0]
+        if instr >= boundary:
             return X.ST_PERIOD, r + 1
+    C[K.INSTR] = instr
+    _flush_fast(C, cclock, clk, fl, fs, ff)
     return X.ST_DONE, end
 
 

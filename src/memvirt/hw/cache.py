@@ -67,7 +67,7 @@ def lookup(tag, stamp, geom, last, clock, cid, key):
     return -1
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, _nrt=False, inline="always")
 def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     """Insert ``key`` (must not be present) evicting the LRU way; returns the evicted key."""
     sets = geom[cid, 1]
