@@ -1,0 +1,90 @@
+"""The built-in workload suite used by the demo: one workload per regime.
+
+``default_suite(scale)`` maps a workload name to ``{"generator": NAME, "params": {...},
+"description": TEXT}``; ``synthesize(entry["generator"], **entry["params"])`` (or
+``build_workload(entry)``) makes its trace.  At ``scale=1.0`` each workload has about
+4.5 M records (about 15 M instructions); ``scale=0.05`` gives a tiny suite for tests.
+
+Sizes are chosen so that each workload shows its regime within that length: the chase
+footprint is small enough that its warm-up faults are few next to the TLB misses that
+follow (about 2,200 misses per page), the compute footprint small enough that its first
+touches hardly count, and the phases of ``phases`` are about 1.1 M records (~4 M
+instructions) each, so a switching policy needs a sampling period well below that
+(``period_instructions`` of about 0.5 M) to follow them.  Only the record counts (and
+the number of compile children and stream arrays' size) scale; at small scales the
+regimes blur because the warm-up weighs more.
+"""
+
+from __future__ import annotations
+
+from ..records import Trace
+
+RECORDS = 4_500_000  # records per workload at scale 1.0
+
+_MIN_RECORDS = 20_000
+
+
+def _records(scale: float) -> int:
+    return max(_MIN_RECORDS, int(round(RECORDS * scale)))
+
+
+def default_suite(scale: float = 1.0) -> dict[str, dict]:
+    """Workload name -> {"generator", "params", "description"} for the demo suite."""
+    if not scale > 0:
+        from ...errors import MemvirtError
+
+        raise MemvirtError(f"suite scale must be > 0, got {scale!r}")
+    n = _records(scale)
+    return {
+        "chase": {
+            "generator": "chase",
+            "params": {"records": n, "footprint_mib": 8.0, "span_mib": 1024.0, "per_node": 1,
+                       "seed": 11},
+            "description": "pointer chase over 8 MiB scattered across 1 GiB: TLB-miss bound "
+                           "(mcf); shadow paging should win",
+        },
+        "compile": {
+            "generator": "compile",
+            "params": {"records": n, "processes": max(3, int(round(30 * scale))),
+                       "heap_mib": 2.0, "mmaps": 2, "seed": 12},
+            "description": "a driver forking short-lived children that grow fresh heaps: "
+                           "guest-page-fault bound (gcc); nested paging should win",
+        },
+        "stream": {
+            "generator": "stream",
+            "params": {"records": n, "footprint_mib": max(6.0, round(96 * scale, 2)),
+                       "arrays": 3, "stride": 64, "seed": 13},
+            "description": "STREAM sweeps over three arrays: faults in the first sweep, then "
+                           "cheap sequential TLB misses",
+        },
+        "churn": {
+            "generator": "churn",
+            "params": {"records": n, "block_mib": 4.0, "touches": 16, "seed": 14},
+            "description": "mmap / touch every page / munmap, repeated: fault and PTE-write "
+                           "bound; nested paging should win by far",
+        },
+        "phases": {
+            "generator": "phases",
+            "params": {"records": n, "phases": 4, "footprint_mib": 4.0, "span_mib": 1024.0,
+                       "per_node": 1, "fault_style": "churn", "block_mib": 1.0,
+                       "touches": 512, "seed": 15},
+            "description": "alternating chase (TLB-bound) and churn (fault-bound) phases: "
+                           "dynamic switching should beat both static modes",
+        },
+        "compute": {
+            "generator": "compute",
+            "params": {"records": n, "footprint_mib": 1.0, "ipr": 8.0, "seed": 16},
+            "description": "1 MiB footprint with locality, 8 instructions per access: few TLB "
+                           "misses and faults; the two modes should nearly tie",
+        },
+    }
+
+
+def build_workload(entry: dict) -> Trace:
+    """The trace of one suite entry (its name is recorded as ``meta["name"]`` if given)."""
+    from . import synthesize
+
+    tr = synthesize(entry["generator"], **entry.get("params", {}))
+    if "name" in entry:
+        tr.meta.setdefault("name", entry["name"])
+    return tr
