@@ -46,6 +46,12 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
     if selective:
         from .policy import make_policy
 
+        spec = policy if policy is not None else cfg.selective.policy
+        if spec == "oracle" and "schedule" not in cfg.selective.policy_params:
+            # The oracle needs hindsight: both static runs first, then a replay (a bound).
+            from .policy.oracle import oracle_run
+
+            return oracle_run(trace, cfg)[1]
         pol = make_policy(policy if policy is not None else cfg.selective.policy, cfg)
         start = X.MODES[cfg.selective.start_mode]
     else:
@@ -78,13 +84,19 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
             if new != cur:
                 if new not in ("shadow", "nested"):
                     raise ConfigError(f"policy returned mode '{new}'; expected shadow or nested")
-                m.switch(X.MODES[new])
+                # Applied before the next record runs, so a decision at the very end of the
+                # trace costs nothing (it is reported as not applied).
+                m.pending_mode = X.MODES[new]
         m.boundary = np.int64((int(m.C[K.INSTR]) // period + 1) * period)
 
     for chunk in src.chunks(chunk_records):
         m.run_chunk(chunk, on_period)
         if progress is not None:
             progress(m.records_done)
+    if m.pending_mode is not None and decisions:
+        decisions[-1]["applied"] = False  # the trace ended before the next period began
+        decisions[-1]["to"] = decisions[-1]["from"]
+        decisions[-1]["reason"] += " (not applied: end of trace)"
     if int(m.C[K.INSTR]) > state["start"] or not samples or np.any(m.C != prev):
         take_sample()
 

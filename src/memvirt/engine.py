@@ -309,6 +309,7 @@ class Machine:
         self.nfree = config.guest.max_processes
         self.records_done = 0
         self.boundary = np.int64(2**62)
+        self.pending_mode: int | None = None  # a mode switch decided at the last period end
 
     def _p2m_len(self, gcap: int) -> int:
         return gcap if self.S[X.S_HOST_LEAF] == 0 else (gcap >> 9) + 1
@@ -424,6 +425,9 @@ class Machine:
         slot, arg = self.prepare(tr)
         pos, n = 0, len(tr)
         while pos < n:
+            if self.pending_mode is not None:
+                self.switch(self.pending_mode)
+                self.pending_mode = None
             status, pos = run_records(self.state(), tr.kind, tr.addr, tr.size, tr.icount, slot,
                                       arg, pos, n, self.boundary)
             if status == X.ST_GROW:

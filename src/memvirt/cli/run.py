@@ -69,6 +69,8 @@ def print_summary(d: dict) -> None:
             t.add_row(f"  {k}", f"{v:,}")
     if d.get("selective"):
         s = d["selective"]
+        if s.get("is_bound"):
+            t.add_row("NOTE", "oracle: an upper bound with hindsight, not an online policy")
         t.add_row("mode switches", str(s["switches"]))
         for m, f in s["time_fraction_in_mode"].items():
             t.add_row(f"  time in {m}", f"{100 * f:.1f}%")
