@@ -81,8 +81,12 @@ def walk_1d(st, up, leaf, slot, root, va):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def translate_gpa(st, gfn):
-    """Nested dimension: guest frame -> host frame through the nested TLB and the EPT."""
+def translate_gpa(st, gfn, known_hfn):
+    """Nested dimension: guest frame -> host frame through the nested TLB and the EPT.
+
+    ``known_hfn`` is the backing the guest entry already carries (or -1): the walk's
+    references are the same either way, but it spares the simulator a random p2m read.
+    """
     S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
         st[6], st[7]
     eup = st[12]
@@ -108,7 +112,7 @@ def translate_gpa(st, gfn):
         ref(st, (table << 12) + ((gfn >> (9 * lv)) & 511) * 8)
         C[K.WALK_REFS_NESTED] += 1
         if lv == leaf:
-            h = hfn_of(st, gfn)
+            h = known_hfn if known_hfn >= 0 else hfn_of(st, gfn)
             if h < 0:  # unbacked (cannot happen for frames the guest allocated) -> EPT violation
                 h = back_frame(st, gfn)
             break
@@ -138,6 +142,7 @@ def walk_2d(st, slot, va):
     C[K.WALKS] += 1
     lv = n - 1
     tgfn = slots[slot, X.SL_ROOT_GFN]
+    known = slots[slot, X.SL_ROOT_HFN]
     thfn = -1
     for probe in range(1, n):
         i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
@@ -152,7 +157,7 @@ def walk_2d(st, slot, va):
     leaf_i = -1
     while True:
         if thfn < 0:
-            thfn = translate_gpa(st, tgfn)
+            thfn = translate_gpa(st, tgfn, known)
             if lv < 0:  # that was the data frame: the walk is complete
                 return leaf_i
             if psc_key >= 0:
@@ -163,6 +168,7 @@ def walk_2d(st, slot, va):
             if leaf_i < 0:
                 return -1
             tgfn = gleaf[leaf_i * STRIDE + 1] >> 2
+            known = gleaf[leaf_i * STRIDE + 2]
             psc_key = -1
         else:
             k = make_key(slot, lv, va >> level_shift(S, lv))
@@ -170,6 +176,7 @@ def walk_2d(st, slot, va):
             if i < 0:
                 return -1
             tgfn = gup[i * STRIDE + 1]
+            known = gup[i * STRIDE + 2]
             psc_key = k
             psc_lv = lv
         thfn = -1
