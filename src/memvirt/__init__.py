@@ -9,6 +9,21 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
+def _engine_id() -> str:
+    """A hash of the simulation kernels' source: results and compiled code depend on it."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha1(__version__.encode())
+    for sub in ("hw", "guest", "vmm"):
+        for f in sorted((here / sub).glob("*.py")):
+            h.update(f.read_bytes())
+    for name in ("engine.py", "state.py", "counters.py", "api.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+ENGINE_ID = _engine_id()
+
+
 def _numba_cache_dir() -> None:
     """Key numba's on-disk cache on the kernels' source.
 
@@ -17,16 +32,9 @@ def _numba_cache_dir() -> None:
     """
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    here = Path(__file__).resolve().parent
-    h = hashlib.sha1(__version__.encode())
-    for sub in ("hw", "guest", "vmm"):
-        for f in sorted((here / sub).glob("*.py")):
-            h.update(f.read_bytes())
-    for name in ("engine.py", "state.py", "counters.py"):
-        h.update((here / name).read_bytes())
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     try:
-        d = base / "memvirt" / "numba" / h.hexdigest()[:16]
+        d = base / "memvirt" / "numba" / ENGINE_ID
         d.mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # read-only home: numba falls back to __pycache__
@@ -62,4 +70,5 @@ def __getattr__(name):  # lazy public API: importing memvirt stays cheap
     raise AttributeError(f"module 'memvirt' has no attribute {name!r}")
 
 
-__all__ = ["simulate", "Config", "load_trace", "compare", "synthesize", "__version__"]
+__all__ = ["simulate", "Config", "load_trace", "compare", "synthesize", "__version__",
+           "ENGINE_ID"]

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .. import __version__
+from .. import ENGINE_ID, __version__
 from ..errors import MemvirtError
 from .spec import canonical_json, sha256_hex
 
@@ -108,9 +108,11 @@ class StoreLocked(MemvirtError):
 
 def run_key(trace_id: str, mode: str, policy: str | None, config: dict,
             version: str = __version__) -> str:
-    """The identity of a run: everything that determines its result."""
+    """The identity of a run: everything that determines its result (including the engine
+    source, so results of an edited engine are never mistaken for old ones)."""
     return sha256_hex(canonical_json({"trace": trace_id, "mode": mode, "policy": policy,
-                                      "config": config, "memvirt": version}))
+                                      "config": config, "memvirt": version,
+                                      "engine": ENGINE_ID}))
 
 
 def file_content_id(path: str | Path) -> str:
