@@ -49,7 +49,8 @@ def parse_params(items: list[str]) -> dict:
     return params
 
 
-def list_generators(out=sys.stdout) -> None:
+def list_generators(out=None) -> None:
+    out = out or sys.stdout
     from ..trace.synth import generators
 
     for name, spec in generators().items():
