@@ -48,6 +48,22 @@ def ref(st, paddr):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def psc_start(st, slot, va, root):
+    """Where a walk starts: (level, table frame) after the deepest paging-structure-cache
+    hit, or (top level, ``root``) when every PSC misses."""
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
+        st[6], st[7]
+    n = S[X.S_LEVELS]
+    for probe in range(1, n):
+        i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
+                   make_key(slot, probe, va >> level_shift(S, probe)))
+        if i >= 0:
+            C[K.PSC_HIT] += 1
+            return probe - 1, cval[i]
+    return n - 1, root
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def walk_1d(st, up, leaf, slot, root, va):
     """Walk a one-dimensional table (guest table natively, shadow table under shadow paging).
 
@@ -55,18 +71,8 @@ def walk_1d(st, up, leaf, slot, root, va):
     """
     S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
         st[6], st[7]
-    n = S[X.S_LEVELS]
     C[K.WALKS] += 1
-    lv = n - 1
-    table = root
-    for probe in range(1, n):
-        i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
-                   make_key(slot, probe, va >> level_shift(S, probe)))
-        if i >= 0:
-            C[K.PSC_HIT] += 1
-            lv = probe - 1
-            table = cval[i]
-            break
+    lv, table = psc_start(st, slot, va, root)
     while True:
         ref(st, (table << 12) + level_index(S, va, lv) * 8)
         if lv == 0:
@@ -138,20 +144,10 @@ def walk_2d(st, slot, va):
     S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
         st[6], st[7]
     gup, gleaf, slots = st[8], st[9], st[17]
-    n = S[X.S_LEVELS]
     C[K.WALKS] += 1
-    lv = n - 1
     tgfn = slots[slot, X.SL_ROOT_GFN]
     known = slots[slot, X.SL_ROOT_HFN]
-    thfn = -1
-    for probe in range(1, n):
-        i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
-                   make_key(slot, probe, va >> level_shift(S, probe)))
-        if i >= 0:
-            C[K.PSC_HIT] += 1
-            lv = probe - 1
-            thfn = cval[i]
-            break
+    lv, thfn = psc_start(st, slot, va, -1)
     psc_key = -1  # PSC entry to fill once the child table's host frame is known
     psc_lv = 0
     leaf_i = -1
