@@ -309,6 +309,8 @@ class Machine:
         self.nfree = config.guest.max_processes
         self.records_done = 0
         self.boundary = np.int64(2**62)
+        self._slot_buf = np.empty(0, np.int64)
+        self._arg_buf = np.empty(0, np.int64)
         self.pending_mode: int | None = None  # a mode switch decided at the last period end
 
     def _p2m_len(self, gcap: int) -> int:
@@ -370,8 +372,11 @@ class Machine:
         pid_ids, child_ids_f = self._dense_ids(tr.pid, child.astype(np.int64))
         child_ids = np.zeros(n, np.int64)
         child_ids[fork_idx] = child_ids_f
-        slot = np.zeros(n, np.int64)
-        arg = np.zeros(n, np.int64)
+        if self._slot_buf.shape[0] < n:  # reused across chunks: no fresh pages per chunk
+            self._slot_buf = np.empty(n, np.int64)
+            self._arg_buf = np.empty(n, np.int64)
+        slot = self._slot_buf[:n]  # _prepare writes every element before any is read
+        arg = self._arg_buf[:n]
         va_limit = np.uint64(1) << np.uint64(self.va_bits)
         err, r, self.nfree = _prepare(kind, tr.addr, tr.size, pid_ids, child_ids, _VALID_KIND,
                                       va_limit, self.alive, self.slot_of, self.free_slots,
