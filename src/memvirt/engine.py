@@ -20,12 +20,15 @@ from .errors import TraceError
 from .guest import os as guest
 from .guest import pagetable as pt
 from .hw import cache as hwc
+from .hw.prefetch import prefetch
 from .hw.tlb import flush_nested, flush_tlbs
 from .trace.records import Kind, Trace
 from .vmm import shadow
 from .vmm.modes import access
 
 # ----------------------------------------------------------------------------- kernel
+
+PREFETCH_AHEAD = 8  # records between a prefetch and the walk that reads the entry
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -90,6 +93,12 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
                         return X.ST_PERIOD, r + 1
                     continue
         # Slow path: bring the shared state up to date first.
+        if r + PREFETCH_AHEAD < end and kind[r + PREFETCH_AHEAD] <= 3:
+            # the leaf entry a later record's walk will read (same slot as pt.find's probe)
+            q = r + PREFETCH_AHEAD
+            tab = st[11] if S[X.S_MODE] == X.MODE_SHADOW else st[9]
+            pk = pt.make_key(slot[q], 0, np.int64(addr[q]) >> 12)
+            prefetch(tab, (pt.hash_key(pk) & ((tab.shape[0] // pt.STRIDE) - 1)) * pt.STRIDE)
         C[K.INSTR] = instr
         _flush_fast(C, cclock, clk, fl, fs, ff)
         fl = 0

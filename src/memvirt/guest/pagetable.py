@@ -40,7 +40,7 @@ def make_key(space, level, prefix):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _hash(key):
+def hash_key(key):
     h = key * -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
     return h ^ (h >> 29)
 
@@ -49,7 +49,7 @@ def _hash(key):
 def find(t, key):
     """Slot index of ``key`` or -1."""
     mask = (t.shape[0] // STRIDE) - 1
-    i = _hash(key) & mask
+    i = hash_key(key) & mask
     while True:
         k = t[i * STRIDE]
         if k == key:
@@ -63,7 +63,7 @@ def find(t, key):
 def put(t, used, key, val, aux):
     """Insert or update; ``used[0]`` counts live entries plus tombstones.  Returns slot."""
     mask = (t.shape[0] // STRIDE) - 1
-    i = _hash(key) & mask
+    i = hash_key(key) & mask
     first_free = -1
     while True:
         k = t[i * STRIDE]
