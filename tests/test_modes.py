@@ -138,3 +138,20 @@ def test_breakdown_adds_up_exactly():
         total += v
     assert total == r["cycles"]
     assert r["cycles_breakdown"]["vmm_pf_true"] > 0
+
+
+def test_hidden_fault_prefetches_neighbouring_entries():
+    # Parent maps 10 consecutive pages: one hidden fault for the first (its new tables were
+    # not shadowed yet, as in the first test), the others propagate.  It forks; the child
+    # reads all 10.  The child's shadow starts empty: without prefetch each page is a
+    # hidden fault; with Xen's prefetch the first hidden fault also shadows the next 9
+    # guest entries of the same leaf table (the parent's had nothing mapped to prefetch).
+    pages = [BASE + i * PAGE for i in range(10)]
+    recs = [rec(S, p) for p in pages] + [rec(FORK, 2)] + [rec(L, p, pid=2) for p in pages]
+    off = simulate(trace(recs), CFG.with_overrides({"vmm.shadow_prefetch": 0}), "shadow")
+    on = simulate(trace(recs), CFG.with_overrides({"vmm.shadow_prefetch": 32}), "shadow")
+    assert exits(off)["pf_hidden"] == 1 + 10
+    assert exits(on)["pf_hidden"] == 1 + 1
+    assert on.to_dict()["counters"]["shadow_prefetched"] == 9
+    short = simulate(trace(recs), CFG.with_overrides({"vmm.shadow_prefetch": 4}), "shadow")
+    assert exits(short)["pf_hidden"] == 1 + 2  # child: 1 + 4 prefetched, then 1 + 4 more

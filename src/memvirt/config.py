@@ -118,6 +118,10 @@ class VmmConfig(_Section):
         "trapping until the next CR3 load (on by default in Xen 3.3)"
     )
     oos_pages: int = Field(3, ge=1, description="out-of-sync pages at once (Xen SHADOW_OOS_PAGES)")
+    shadow_prefetch: int = Field(
+        32, ge=0, le=512, description="guest entries after the faulting one that a hidden fault "
+        "also shadows, stopping at the end of the leaf table or at an entry already shadowed "
+        "(Xen sh_prefetch, PREFETCH_DISTANCE = 32); 0 disables")
 
 
 class CostConfig(_Section):
@@ -175,6 +179,9 @@ class CostConfig(_Section):
         3000.0, ge=0, description="VMM work to back a guest frame with a host frame")
     hv_shadow_page_free: float = Field(
         500.0, ge=0, description="VMM work per shadow page torn down (process exit, mode switch)")
+    hv_shadow_prefetch: float = Field(
+        150.0, ge=0, description="VMM work per shadow entry prefetched by a hidden fault (read "
+        "and validate one guest PTE, write one shadow entry; estimate)")
     hv_oos_resync: float = Field(
         3000.0, ge=0, description="VMM work to resync one out-of-sync leaf shadow page")
     hv_process: float = Field(

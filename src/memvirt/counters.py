@@ -62,7 +62,8 @@ HOST_FRAMES = 46  # 4 KiB host frames newly backing guest memory
 PT_PAGES = 47  # guest page-table pages allocated
 MODE_SWITCHES = 48
 SHADOW_PAGES = 49  # shadow pages built
-NCOUNTERS = 50
+SHADOW_PREFETCHED = 50  # shadow entries filled ahead by a hidden fault (Xen sh_prefetch)
+NCOUNTERS = 51
 
 NAMES = [
     "instructions", "accesses", "ifetch", "loads", "stores",
@@ -76,6 +77,7 @@ NAMES = [
     "cr3_loads", "invlpgs", "tlb_flushes", "syscalls", "pte_updates", "process_ops",
     "forks", "execs", "exits", "mmaps", "munmaps", "brks",
     "guest_frames", "host_frames", "pt_pages", "mode_switches", "shadow_pages",
+    "shadow_prefetched",
 ]
 assert len(NAMES) == NCOUNTERS
 
@@ -116,6 +118,7 @@ def breakdown(c: np.ndarray, cost) -> dict[str, float]:
     }
     for reason, (idx, param) in EXIT_REASONS.items():
         out[f"vmm_{reason}"] = c[idx] * (cost.vm_exit + getattr(cost, param))
+    out["vmm_pf_hidden"] += c[SHADOW_PREFETCHED] * cost.hv_shadow_prefetch
     out["vmm_shadow_mgmt"] = (c[SHADOW_PAGES_FREED] * cost.hv_shadow_page_free
                               + c[OOS_RESYNCS] * cost.hv_oos_resync
                               + c[SHADOW_ROOTS] * cost.hv_process)

@@ -105,7 +105,7 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
         fs = 0
         ff = 0
         # Room for what this record may add (a fork copies the parent's whole table).
-        need = 4 * levels + 16
+        need = 4 * levels + 16 + 4 * S[X.S_SH_PREFETCH]  # a record fills at most a few paths
         if k == 11:
             need += slots[s, X.SL_NUP] + slots[s, X.SL_NLEAF]
         elif k == 12 or k == 13:
@@ -276,6 +276,7 @@ class Machine:
         S[X.S_VPID] = int(hw.vpid)
         S[X.S_OOS] = int(config.vmm.out_of_sync)
         S[X.S_OOS_MAX] = config.vmm.oos_pages
+        S[X.S_SH_PREFETCH] = config.vmm.shadow_prefetch
         S[X.S_CEIL] = g.munmap_flush_ceiling
         S[X.S_VA_PAGES] = 1 << (self.va_bits - 12)
         S[X.S_EPT_ROOT] = 0

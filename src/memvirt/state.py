@@ -52,6 +52,7 @@ S_EUP_USED = 21
 S_NEED = 22  # entries/frames the next record needs (when the driver must grow)
 S_ERROR = 23
 S_VA_PAGES = 24  # number of 4 KiB pages in the guest virtual space
+S_SH_PREFETCH = 25  # shadow entries a hidden fault fills ahead (0: off)
 NSCALARS = 32
 
 # slots: per address space

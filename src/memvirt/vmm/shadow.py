@@ -132,6 +132,27 @@ def fill(st, slot, va):
             C[K.SHADOW_PAGES] += 1
             C[K.SHADOW_FILLS] += 1
     _propagate_leaf(st, slot, va)
+    _prefetch(st, slot, va)
+
+
+@njit(cache=True, _nrt=False)
+def _prefetch(st, slot, va):
+    """Xen's sh_prefetch: shadow the guest entries that follow the faulting one in the same
+    leaf table, up to ``shadow_prefetch`` of them, stopping at one already shadowed."""
+    S, C, gleaf, sleaf = st[0], st[1], st[9], st[11]
+    vpn = va >> 12
+    last = min(vpn + S[X.S_SH_PREFETCH], vpn | ((1 << S[X.S_BITS]) - 1))
+    used = S[X.S_SLEAF_USED:X.S_SLEAF_USED + 1]
+    for v in range(vpn + 1, last + 1):
+        sk = make_key(slot, 0, v)
+        if find(sleaf, sk) >= 0:
+            break
+        g = find(gleaf, sk)
+        if g < 0:
+            continue  # Xen writes a "not present" shadow entry: nothing to model
+        gv = gleaf[g * STRIDE + 1]
+        put(sleaf, used, sk, (gleaf[g * STRIDE + 2] << 1) | (gv & 1), 0)
+        C[K.SHADOW_PREFETCHED] += 1
 
 
 @njit(cache=True, _nrt=False)
