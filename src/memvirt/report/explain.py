@@ -138,21 +138,9 @@ class _Caches:
                 self.last[cid, 0] = hwc.EMPTY
 
     def lookup(self, cid: int, key: int) -> int:
-        if self.last[cid, 0] == key:
-            return int(self.last[cid, 1])
-        sets = int(self.geom[cid, 1])
-        if sets == 0:
-            return -1
-        ways = int(self.geom[cid, 2])
-        b = int(self.geom[cid, 0]) + (key & int(self.geom[cid, 3])) * ways
-        for w in range(ways):
-            if self.tag[b + w] == key:
-                self.clock[0] += 1
-                self.stamp[b + w] = self.clock[0]
-                self.last[cid, 0] = key
-                self.last[cid, 1] = b + w
-                return b + w
-        return -1
+        # the compiled structure code itself, on this copy's arrays
+        return int(hwc.lookup(self.tag, self.stamp, self.geom, self.last, self.clock, cid,
+                              np.int64(key)))
 
     def peek(self, cid: int, key: int) -> int:
         """Is ``key`` present (no LRU update)?"""
@@ -167,25 +155,8 @@ class _Caches:
         return -1
 
     def insert(self, cid: int, key: int, value: int) -> None:
-        sets = int(self.geom[cid, 1])
-        if sets == 0:
-            return
-        ways = int(self.geom[cid, 2])
-        b = int(self.geom[cid, 0]) + (key & int(self.geom[cid, 3])) * ways
-        victim = b
-        for w in range(ways):
-            i = b + w
-            if self.tag[i] == hwc.EMPTY:
-                victim = i
-                break
-            if self.stamp[i] < self.stamp[victim]:
-                victim = i
-        self.tag[victim] = key
-        self.val[victim] = value
-        self.clock[0] += 1
-        self.stamp[victim] = self.clock[0]
-        self.last[cid, 0] = key
-        self.last[cid, 1] = victim
+        hwc.insert(self.tag, self.stamp, self.val, self.geom, self.last, self.clock, cid,
+                   np.int64(key), np.int64(value))
 
 
 def _find(table: np.ndarray, key: int) -> int:
