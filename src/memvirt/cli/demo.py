@@ -12,7 +12,7 @@ NAME = "demo"
 HELP = ("synthesize the built-in workloads, compare native/shadow/nested/selective paging, "
         "and write results, plots and report.html")
 
-# Sampling period at scale 1.0: the suite's phases last ~4 M instructions, so a policy
+# Sampling period at scale 1.0: the suite's phases last ~12 M instructions, so a policy
 # needs periods well below that to follow them (see trace/synth/suite.py).
 PERIOD_AT_SCALE_1 = 1_000_000
 

@@ -8,9 +8,10 @@
 Sizes are chosen so that each workload shows its regime within that length: the chase
 footprint is small enough that its warm-up faults are few next to the TLB misses that
 follow (about 2,200 misses per page), the compute footprint small enough that its first
-touches hardly count, and the phases of ``phases`` are about 1.1 M records (~4 M
-instructions) each, so a switching policy needs a sampling period well below that
-(``period_instructions`` of about 0.5 M) to follow them.  Only the record counts (and
+touches hardly count, and ``phases`` is three times longer than the others: its four
+phases are about 3.4 M records (~12 M instructions) each, long enough to repay a shadow
+refill, and a switching policy needs a sampling period well below that (the demo uses
+1 M instructions) to follow them.  Only the record counts (and
 the number of compile children and stream arrays' size) scale; at small scales the
 regimes blur because the warm-up weighs more.
 """
@@ -65,7 +66,9 @@ def default_suite(scale: float = 1.0) -> dict[str, dict]:
         },
         "phases": {
             "generator": "phases",
-            "params": {"records": n, "phases": 4, "footprint_mib": 4.0, "span_mib": 1024.0,
+            # three times the others' length: phases of ~12 M instructions, long enough to
+            # repay a shadow refill at the calibrated (Nehalem/Xen) costs
+            "params": {"records": 3 * n, "phases": 4, "footprint_mib": 4.0, "span_mib": 1024.0,
                        "per_node": 1, "fault_style": "churn", "block_mib": 1.0,
                        "touches": 512, "seed": 15},
             "description": "alternating chase (TLB-bound) and churn (fault-bound) phases: "
