@@ -46,3 +46,26 @@ def test_matches_plain_lru(sets_log, ways, line_log, addrs):
         ref.access(a)
     got = simulate_cache(np.array(addrs, np.uint64), 1 << sets_log, ways, 1 << line_log)
     assert got == (ref.hits, ref.misses, ref.evictions)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sets_log=st.integers(0, 3), ways=st.integers(1, 8),
+       keys=st.lists(st.integers(0, 200), min_size=0, max_size=300),
+       holes=st.lists(st.integers(0, 200), max_size=20))
+def test_touch_is_lookup_then_insert(sets_log, ways, keys, holes):
+    """The one-pass data-cache access equals lookup + insert-on-miss, invalidations included."""
+    from memvirt.hw import cache as hwc
+
+    a = hwc.allocate([(1 << sets_log, ways)])
+    b = hwc.allocate([(1 << sets_log, ways)])
+    for n, k in enumerate(keys):
+        if holes and n % 7 == 3:  # punch holes so empty ways appear between full ones
+            h = holes[n % len(holes)]
+            hwc.invalidate(a[0], a[3], a[4], 0, h)
+            hwc.invalidate(b[0], b[3], b[4], 0, h)
+        hit_a = hwc.touch(a[0], a[1], a[2], a[3], a[4], a[5], 0, k)
+        hit_b = hwc.lookup(b[0], b[1], b[3], b[4], b[5], 0, k) >= 0
+        if not hit_b:
+            hwc.insert(b[0], b[1], b[2], b[3], b[4], b[5], 0, k, 0)
+        assert hit_a == hit_b
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])

@@ -93,6 +93,41 @@ def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     return old
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def touch(tag, stamp, val, geom, last, clock, cid, key):
+    """Look ``key`` up and insert it on a miss, in one pass over the set (a data cache).
+
+    Same outcome and LRU state as ``lookup`` followed by ``insert`` on a miss.  Returns
+    True on a hit.
+    """
+    if last[cid, 0] == key:
+        return True
+    sets = geom[cid, 1]
+    if sets == 0:
+        return False
+    ways = geom[cid, 2]
+    b = geom[cid, 0] + (key & geom[cid, 3]) * ways
+    victim = -1
+    for w in range(ways):
+        i = b + w
+        t = tag[i]
+        if t == key:
+            clock[0] += 1
+            stamp[i] = clock[0]
+            last[cid, 0] = key
+            last[cid, 1] = i
+            return True
+        if victim < 0 or (tag[victim] != EMPTY and (t == EMPTY or stamp[i] < stamp[victim])):
+            victim = i
+    tag[victim] = key
+    val[victim] = 0
+    clock[0] += 1
+    stamp[victim] = clock[0]
+    last[cid, 0] = key
+    last[cid, 1] = victim
+    return False
+
+
 @njit(cache=True, _nrt=False)
 def invalidate(tag, geom, last, cid, key):
     sets = geom[cid, 1]

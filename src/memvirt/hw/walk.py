@@ -21,7 +21,7 @@ from .. import counters as K
 from .. import state as X
 from ..guest.pagetable import STRIDE, find, make_key
 from ..vmm.p2m import back_frame, hfn_of
-from .cache import NPSC0, NTLB, PSC0, PTEC, insert, lookup
+from .cache import NPSC0, NTLB, PSC0, PTEC, insert, lookup, touch
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -39,12 +39,10 @@ def ref(st, paddr):
     """One walk reference to host-physical byte address ``paddr``."""
     C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
     C[K.WALK_REFS] += 1
-    line = paddr >> 6
-    if lookup(ctag, cstamp, cgeom, clast, cclock, PTEC, line) >= 0:
+    if touch(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, paddr >> 6):
         C[K.REF_HIT] += 1
     else:
         C[K.REF_MISS] += 1
-        insert(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, line, 0)
 
 
 @njit(cache=True, _nrt=False, inline="always")
