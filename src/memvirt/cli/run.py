@@ -31,7 +31,7 @@ def run(args) -> int:
         from ..trace.base import open_trace
 
         trace = open_trace(trace, args.format)
-    res = simulate(trace, cfg, args.mode, policy=args.policy)
+    res = _simulate_with_progress(trace, cfg, args)
     d = res.to_dict(samples=not args.no_samples)
     if args.json == "-":
         json.dump(d, sys.stdout, indent=2)
@@ -42,6 +42,32 @@ def run(args) -> int:
     if not args.quiet and args.json != "-":
         print_summary(d)
     return 0
+
+
+def _simulate_with_progress(trace, cfg, args):
+    """simulate() with a progress bar on an interactive terminal (records done)."""
+    import sys as _sys
+
+    from ..trace.base import open_trace
+
+    src = open_trace(trace)
+    if args.quiet or not _sys.stderr.isatty():
+        return simulate(src, cfg, args.mode, policy=args.policy)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    total = getattr(src, "num_records", None) or (len(src.trace) if hasattr(src, "trace")
+                                                   else None)
+    with Progress(TextColumn(f"simulating ({args.mode})"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True) as prog:
+        task = prog.add_task("run", total=total)
+        return simulate(src, cfg, args.mode, policy=args.policy,
+                        progress=lambda done: prog.update(task, completed=done))
 
 
 def print_summary(d: dict) -> None:
