@@ -462,4 +462,3 @@ class Machine:
         switch_mode(self.state(), mode)
 
 
-__all__ = ["Machine", "run_records", "switch_mode", "access", "flush_tlbs", "K"]
