@@ -61,8 +61,8 @@ def test_touch_is_lookup_then_insert(sets_log, ways, keys, holes):
     for n, k in enumerate(keys):
         if holes and n % 7 == 3:  # punch holes so empty ways appear between full ones
             h = holes[n % len(holes)]
-            hwc.invalidate(a[0], a[3], a[4], 0, h)
-            hwc.invalidate(b[0], b[3], b[4], 0, h)
+            hwc.invalidate(a[0], a[1], a[3], a[4], 0, h)
+            hwc.invalidate(b[0], b[1], b[3], b[4], 0, h)
         hit_a = hwc.touch(a[0], a[1], a[2], a[3], a[4], a[5], 0, k)
         hit_b = hwc.lookup(b[0], b[1], b[3], b[4], b[5], 0, k) >= 0
         if not hit_b:

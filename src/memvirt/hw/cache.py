@@ -4,6 +4,8 @@ All structures of one machine live in three flat arrays (``tag``, ``stamp``, ``v
 described by ``geom[cid] = (base, sets, ways, set_mask)``.  A structure with zero sets
 is disabled: every lookup misses and inserts do nothing.  LRU is kept with a global
 access clock (``clock[0]``): the way with the smallest stamp in a set is the victim.
+Empty ways have stamp 0 (every used way has a stamp >= 1), so the victim is the first
+empty way if there is one, else the least recently used: a plain argmin.
 
 ``last[cid] = (key, index)`` remembers the most recent hit or insert: the same key
 again is a hit that changes nothing in the LRU order (it is already the most
@@ -76,13 +78,11 @@ def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     ways = geom[cid, 2]
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
     victim = b
-    for w in range(ways):
-        i = b + w
-        if tag[i] == EMPTY:
-            victim = i
-            break
-        if stamp[i] < stamp[victim]:
-            victim = i
+    best = stamp[b]
+    for w in range(1, ways):  # empty ways have stamp 0: the first empty one, else the LRU
+        if stamp[b + w] < best:
+            best = stamp[b + w]
+            victim = b + w
     old = tag[victim]
     tag[victim] = key
     val[victim] = value
@@ -107,17 +107,18 @@ def touch(tag, stamp, val, geom, last, clock, cid, key):
         return False
     ways = geom[cid, 2]
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
-    victim = -1
+    victim = b
+    best = stamp[b]
     for w in range(ways):
         i = b + w
-        t = tag[i]
-        if t == key:
+        if tag[i] == key:
             clock[0] += 1
             stamp[i] = clock[0]
             last[cid, 0] = key
             last[cid, 1] = i
             return True
-        if victim < 0 or (tag[victim] != EMPTY and (t == EMPTY or stamp[i] < stamp[victim])):
+        if stamp[i] < best:  # empty ways have stamp 0: the first empty one, else the LRU
+            best = stamp[i]
             victim = i
     tag[victim] = key
     val[victim] = 0
@@ -129,7 +130,7 @@ def touch(tag, stamp, val, geom, last, clock, cid, key):
 
 
 @njit(cache=True, _nrt=False)
-def invalidate(tag, geom, last, cid, key):
+def invalidate(tag, stamp, geom, last, cid, key):
     sets = geom[cid, 1]
     if sets == 0:
         return
@@ -138,15 +139,17 @@ def invalidate(tag, geom, last, cid, key):
     for w in range(ways):
         if tag[b + w] == key:
             tag[b + w] = EMPTY
+            stamp[b + w] = 0
     last[cid, 0] = EMPTY
 
 
 @njit(cache=True, _nrt=False)
-def flush(tag, geom, last, cid):
+def flush(tag, stamp, geom, last, cid):
     n = geom[cid, 1] * geom[cid, 2]
     b = geom[cid, 0]
     for i in range(b, b + n):
         tag[i] = EMPTY
+        stamp[i] = 0
     last[cid, 0] = EMPTY
 
 

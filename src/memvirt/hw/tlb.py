@@ -20,18 +20,18 @@ def tlb_key(slot, vpn):
 
 @njit(cache=True, _nrt=False)
 def flush_psc(st):
-    ctag, cgeom, clast = st[2], st[5], st[6]
+    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
     for lv in range(1, 5):
-        flush(ctag, cgeom, clast, PSC0 + lv)
+        flush(ctag, cstamp, cgeom, clast, PSC0 + lv)
 
 
 @njit(cache=True, _nrt=False)
 def flush_tlbs(st):
     """Flush the TLBs and paging-structure caches (a CR3 reload without PCID, a VPID-less exit)."""
-    C, ctag, cgeom, clast = st[1], st[2], st[5], st[6]
-    flush(ctag, cgeom, clast, ITLB)
-    flush(ctag, cgeom, clast, DTLB)
-    flush(ctag, cgeom, clast, STLB)
+    C, ctag, cstamp, cgeom, clast = st[1], st[2], st[3], st[5], st[6]
+    flush(ctag, cstamp, cgeom, clast, ITLB)
+    flush(ctag, cstamp, cgeom, clast, DTLB)
+    flush(ctag, cstamp, cgeom, clast, STLB)
     flush_psc(st)
     C[K.TLB_FLUSHES] += 1
 
@@ -39,18 +39,18 @@ def flush_tlbs(st):
 @njit(cache=True, _nrt=False)
 def flush_nested(st):
     """Flush the nested TLB and nested paging-structure caches (EPT root change)."""
-    ctag, cgeom, clast = st[2], st[5], st[6]
-    flush(ctag, cgeom, clast, NTLB)
+    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
+    flush(ctag, cstamp, cgeom, clast, NTLB)
     for lv in range(1, 5):
-        flush(ctag, cgeom, clast, NPSC0 + lv)
+        flush(ctag, cstamp, cgeom, clast, NPSC0 + lv)
 
 
 @njit(cache=True, _nrt=False)
 def invlpg_tlbs(st, slot, vpn):
     """INVLPG: drop one page's entries; paging-structure caches are flushed (Intel SDM 4.10.4.1)."""
-    ctag, cgeom, clast = st[2], st[5], st[6]
+    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
     k = tlb_key(slot, vpn)
-    invalidate(ctag, cgeom, clast, ITLB, k)
-    invalidate(ctag, cgeom, clast, DTLB, k)
-    invalidate(ctag, cgeom, clast, STLB, k)
+    invalidate(ctag, cstamp, cgeom, clast, ITLB, k)
+    invalidate(ctag, cstamp, cgeom, clast, DTLB, k)
+    invalidate(ctag, cstamp, cgeom, clast, STLB, k)
     flush_psc(st)

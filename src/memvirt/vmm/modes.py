@@ -70,8 +70,8 @@ def access(st, slot, va, store, fetch):
         C[K.ITLB_HIT if fetch else K.DTLB_HIT] += 1
         if store == 0 or cval[i] == 1:
             return True
-        invalidate(ctag, cgeom, clast, l1, key)  # write to a read-only (COW) translation
-        invalidate(ctag, cgeom, clast, STLB, key)
+        invalidate(ctag, cstamp, cgeom, clast, l1, key)  # write to a read-only (COW) translation
+        invalidate(ctag, cstamp, cgeom, clast, STLB, key)
     else:
         C[K.ITLB_MISS if fetch else K.DTLB_MISS] += 1
         j = lookup(ctag, cstamp, cgeom, clast, cclock, STLB, key)
@@ -81,7 +81,7 @@ def access(st, slot, va, store, fetch):
             if store == 0 or w == 1:
                 insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, w)
                 return True
-            invalidate(ctag, cgeom, clast, STLB, key)
+            invalidate(ctag, cstamp, cgeom, clast, STLB, key)
         elif cgeom[STLB, 1] > 0:
             C[K.STLB_MISS] += 1
     for _ in range(8):
