@@ -107,19 +107,24 @@ def touch(tag, stamp, val, geom, last, clock, cid, key):
         return False
     ways = geom[cid, 2]
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
+    # Branch-free scans (selects, no early exit): hit and miss are equally unpredictable
+    # for a data cache, and mispredictions would dominate.
+    hit = -1
+    for w in range(ways):
+        hit = b + w if tag[b + w] == key else hit
+    if hit >= 0:
+        clock[0] += 1
+        stamp[hit] = clock[0]
+        last[cid, 0] = key
+        last[cid, 1] = hit
+        return True
     victim = b
     best = stamp[b]
-    for w in range(ways):
-        i = b + w
-        if tag[i] == key:
-            clock[0] += 1
-            stamp[i] = clock[0]
-            last[cid, 0] = key
-            last[cid, 1] = i
-            return True
-        if stamp[i] < best:  # empty ways have stamp 0: the first empty one, else the LRU
-            best = stamp[i]
-            victim = i
+    for w in range(1, ways):  # empty ways have stamp 0: the first empty one, else the LRU
+        sw = stamp[b + w]
+        lower = sw < best
+        best = sw if lower else best
+        victim = b + w if lower else victim
     tag[victim] = key
     val[victim] = 0
     clock[0] += 1
