@@ -50,6 +50,15 @@ def allocate(geometries: list[tuple[int, int]]):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _use(stamp, last, clock, cid, key, i):
+    """Make way ``i`` (holding ``key``) the most recently used."""
+    clock[0] += 1
+    stamp[i] = clock[0]
+    last[cid, 0] = key
+    last[cid, 1] = i
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def lookup(tag, stamp, geom, last, clock, cid, key):
     """Index of ``key`` in structure ``cid`` (and mark it most recently used), or -1."""
     if last[cid, 0] == key:
@@ -61,12 +70,30 @@ def lookup(tag, stamp, geom, last, clock, cid, key):
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
     for w in range(ways):
         if tag[b + w] == key:
-            clock[0] += 1
-            stamp[b + w] = clock[0]
-            last[cid, 0] = key
-            last[cid, 1] = b + w
+            _use(stamp, last, clock, cid, key, b + w)
             return b + w
     return -1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _fill(tag, stamp, val, last, clock, cid, b, ways, key, value):
+    """Put ``key`` into the set at ``b`` over its victim; returns the evicted key.
+
+    Empty ways have stamp 0, so the victim is the first empty way, else the LRU: a plain
+    argmin, written branch-free (selects) because its outcome is unpredictable.
+    """
+    victim = b
+    best = stamp[b]
+    for w in range(1, ways):
+        sw = stamp[b + w]
+        lower = sw < best
+        best = sw if lower else best
+        victim = b + w if lower else victim
+    old = tag[victim]
+    tag[victim] = key
+    val[victim] = value
+    _use(stamp, last, clock, cid, key, victim)
+    return old
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -76,21 +103,8 @@ def insert(tag, stamp, val, geom, last, clock, cid, key, value):
     if sets == 0:
         return EMPTY
     ways = geom[cid, 2]
-    b = geom[cid, 0] + (key & geom[cid, 3]) * ways
-    victim = b
-    best = stamp[b]
-    for w in range(1, ways):  # empty ways have stamp 0: the first empty one, else the LRU
-        if stamp[b + w] < best:
-            best = stamp[b + w]
-            victim = b + w
-    old = tag[victim]
-    tag[victim] = key
-    val[victim] = value
-    clock[0] += 1
-    stamp[victim] = clock[0]
-    last[cid, 0] = key
-    last[cid, 1] = victim
-    return old
+    return _fill(tag, stamp, val, last, clock, cid,
+                 geom[cid, 0] + (key & geom[cid, 3]) * ways, ways, key, value)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -107,30 +121,13 @@ def touch(tag, stamp, val, geom, last, clock, cid, key):
         return False
     ways = geom[cid, 2]
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
-    # Branch-free scans (selects, no early exit): hit and miss are equally unpredictable
-    # for a data cache, and mispredictions would dominate.
-    hit = -1
+    hit = -1  # a branch-free scan: hits and misses are equally unpredictable here
     for w in range(ways):
         hit = b + w if tag[b + w] == key else hit
     if hit >= 0:
-        clock[0] += 1
-        stamp[hit] = clock[0]
-        last[cid, 0] = key
-        last[cid, 1] = hit
+        _use(stamp, last, clock, cid, key, hit)
         return True
-    victim = b
-    best = stamp[b]
-    for w in range(1, ways):  # empty ways have stamp 0: the first empty one, else the LRU
-        sw = stamp[b + w]
-        lower = sw < best
-        best = sw if lower else best
-        victim = b + w if lower else victim
-    tag[victim] = key
-    val[victim] = 0
-    clock[0] += 1
-    stamp[victim] = clock[0]
-    last[cid, 0] = key
-    last[cid, 1] = victim
+    _fill(tag, stamp, val, last, clock, cid, b, ways, key, 0)
     return False
 
 
