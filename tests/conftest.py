@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+DATA = REPO / "tests" / "data"  # reference data the tests need, copied in (see its README)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return Path("../shared") if Path("../shared").exists() else SHARED
+def data_dir() -> Path:
+    return DATA

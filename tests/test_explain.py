@@ -59,19 +59,19 @@ def test_same_translation_with_and_without_caches(ex):
 
 def _kernel_counts(m, mode: str, slot: int, va: int, caches: bool) -> np.ndarray:
     """Counter deltas of the compiled walker on a copy of the machine state."""
-    st = tuple(a.copy() for a in m.state())
+    st = X.MachineState(*(a.copy() for a in m.state()))
     if not caches:
-        geom, last = st[5], st[6]
+        geom, last = st.cache_geom, st.cache_last
         for cid in WALK_CACHES:
             geom[cid, 1] = 0
             geom[cid, 2] = 0
             last[cid, 0] = -1
-    C = st[1]
+    C = st.counters
     before = C.copy()
     if mode == "native":
-        walk_1d(st, st[8], st[9], slot, st[17][slot, X.SL_ROOT_GFN], va)
+        walk_1d(st, st.guest_upper, st.guest_leaf, slot, st.spaces[slot, X.SL_ROOT_GFN], va)
     elif mode == "shadow":
-        walk_1d(st, st[10], st[11], slot, st[17][slot, X.SL_SROOT], va)
+        walk_1d(st, st.shadow_upper, st.shadow_leaf, slot, st.spaces[slot, X.SL_SROOT], va)
     else:
         walk_2d(st, slot, va)
     return C - before

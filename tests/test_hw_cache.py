@@ -11,7 +11,7 @@ from memvirt.hw.cache import simulate_cache
 
 from .helpers import LRUCache
 
-TRANS = Path("../shared/testdata/cachelab/trans.trace")
+TRANS = Path(__file__).resolve().parent / "data" / "cachelab" / "trans.trace"
 
 
 def cachelab_addresses(path: Path) -> list[int]:

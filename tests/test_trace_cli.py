@@ -18,7 +18,7 @@ from memvirt.trace.parquet import write_trace
 from memvirt.trace.records import Kind, Trace
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANS = ROOT / "../shared/testdata/cachelab/trans.trace"
+TRANS = ROOT / "tests" / "data" / "cachelab" / "trans.trace"
 
 
 def run_json(capsys, argv):

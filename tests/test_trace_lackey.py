@@ -15,7 +15,7 @@ from memvirt.trace.lackey import LackeySource, parse_lackey_text, read_lackey
 from memvirt.trace.records import Kind, Trace
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANS = ROOT / "../shared/testdata/cachelab/trans.trace"
+TRANS = ROOT / "tests" / "data" / "cachelab" / "trans.trace"
 
 _LETTER = {"I": Kind.IFETCH, "L": Kind.LOAD, "S": Kind.STORE, "M": Kind.MODIFY}
 

@@ -46,8 +46,8 @@ def _flush_fast(C, cclock, clk, fl, fs, ff):
 @njit(cache=True, _nrt=False)
 def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
     """Process records [pos, end).  Returns (status, next record index)."""
-    S, C, slots, lim = st[0], st[1], st[17], st[19]
-    ctag, cstamp, cval, cgeom, clast, cclock = st[2], st[3], st[4], st[5], st[6], st[7]
+    S, C, slots, lim = st.scalars, st.counters, st.spaces, st.limits
+    ctag, cstamp, cval, cgeom, clast, cclock = st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
     levels = S[X.S_LEVELS]
     # The fast path (a single-page access that hits the L1 TLB) keeps its counts, the
     # instruction count and the LRU clock in locals; they are written back before anything
@@ -96,7 +96,7 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
         if r + PREFETCH_AHEAD < end and kind[r + PREFETCH_AHEAD] <= 3:
             # the leaf entry a later record's walk will read (same slot as pt.find's probe)
             q = r + PREFETCH_AHEAD
-            tab = st[11] if S[X.S_MODE] == X.MODE_SHADOW else st[9]
+            tab = st.shadow_leaf if S[X.S_MODE] == X.MODE_SHADOW else st.guest_leaf
             pk = pt.make_key(slot[q], 0, np.int64(addr[q]) >> 12)
             prefetch(tab, (pt.hash_key(pk) & ((tab.shape[0] // pt.STRIDE) - 1)) * pt.STRIDE)
         C[K.INSTR] = instr
@@ -182,7 +182,7 @@ def switch_mode(st, new_mode):
     shadow (filled on demand by hidden faults); shadow -> nested: every shadow is
     destroyed and the EPT root loaded.  Both flush the TLBs (VPID/EP4TA change).
     """
-    S, C, slots = st[0], st[1], st[17]
+    S, C, slots = st.scalars, st.counters, st.spaces
     old = S[X.S_MODE]
     if old == new_mode:
         return
@@ -337,9 +337,13 @@ class Machine:
 
     def state(self):
         tag, stamp, val, geom, last, clock = self.caches
-        return (self.S, self.C, tag, stamp, val, geom, last, clock, self.gup, self.gleaf,
-                self.sup, self.sleaf, self.eup, self.refcnt, self.p2m, self.gfree, self.hfree,
-                self.slots, self.oos, self.lim, self.scr)
+        return X.MachineState(
+            scalars=self.S, counters=self.C, cache_tag=tag, cache_stamp=stamp, cache_val=val,
+            cache_geom=geom, cache_last=last, cache_clock=clock, guest_upper=self.gup,
+            guest_leaf=self.gleaf, shadow_upper=self.sup, shadow_leaf=self.sleaf,
+            ept_upper=self.eup, frame_refcount=self.refcnt, p2m=self.p2m, guest_free=self.gfree,
+            host_free=self.hfree, spaces=self.slots, oos_pages=self.oos, limits=self.lim,
+            scratch=self.scr)
 
     def grow(self) -> None:
         """Grow whatever the next record may overflow (tables rehashed, frame arrays extended)."""

@@ -1,24 +1,37 @@
 """Layout of the machine state shared by the compiled kernels.
 
-The state is a tuple of numpy arrays (numba passes it to every kernel as one
-argument and each kernel unpacks what it needs):
+The state is one ``MachineState`` named tuple of numpy arrays (numba passes it to every
+kernel as one argument; ``st.guest_leaf`` compiles exactly like a positional index, and says
+what it is).  Its fields:
 
-    (S, C, ctag, cstamp, cval, cgeom, clast, cclock,
-     gup, gleaf, sup, sleaf, eup, refcnt, p2m, gfree, hfree, slots, oos, lim, scr)
+- ``scalars``: machine-wide scalars, indexed by the ``S_*`` names below;
+  ``counters``: event counters, indexed by the names in ``counters.py``
+- ``cache_*``: every set-associative structure (TLBs, paging-structure caches, nested TLB,
+  PTE cache) in flat arrays, layout in ``hw/cache.py``
+- ``guest_upper``/``guest_leaf``: guest page tables; ``shadow_upper``/``shadow_leaf``:
+  shadow tables; ``ept_upper``: the EPT's upper levels (its leaves are ``p2m``) -- all
+  hash-stored radix tables, layout in ``guest/pagetable.py``
+- ``frame_refcount``/``guest_free``: guest frame reference counts and free stack;
+  ``host_free``: free stack of host frames used for shadow and EPT pages
+- ``spaces[slot, SL_*]``: per-process (address space) state
+- ``oos_pages``: keys of out-of-sync leaf shadow pages
+- ``limits``: per-table fill limits (``LIM_*``); the driver stops and grows tables beyond them
+- ``scratch``: scratch rows for table traversals (``guest.pagetable.collect``)
 
-- ``S``: scalars (indices below), ``C``: event counters (``counters.py``)
-- ``c*``: the set-associative structures (``hw/cache.py``)
-- ``gup/gleaf``: guest page tables, ``sup/sleaf``: shadow tables, ``eup``: EPT upper
-  levels (its leaves are ``p2m``) -- all in ``guest/pagetable.py`` layout
-- ``refcnt``/``gfree``: guest frame reference counts and free stack; ``hfree``: free
-  stack of host frames used for shadow pages
-- ``slots[slot, SL_*]``: per-process (address space) state
-- ``oos``: keys of out-of-sync leaf shadow pages
-- ``lim``: per-table fill limits; the driver stops and grows tables beyond them
-- ``scr``: scratch rows for table traversals (``guest.pagetable.collect``)
+Nothing outside this definition indexes the state by position (a test checks it).
 """
 
 from __future__ import annotations
+
+from collections import namedtuple
+
+MachineState = namedtuple("MachineState", [
+    "scalars", "counters",
+    "cache_tag", "cache_stamp", "cache_val", "cache_geom", "cache_last", "cache_clock",
+    "guest_upper", "guest_leaf", "shadow_upper", "shadow_leaf", "ept_upper",
+    "frame_refcount", "p2m", "guest_free", "host_free", "spaces", "oos_pages", "limits",
+    "scratch",
+])
 
 MODE_NATIVE = 0
 MODE_SHADOW = 1

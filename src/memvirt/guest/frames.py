@@ -12,7 +12,7 @@ from ..vmm.p2m import back_frame
 @njit(cache=True, _nrt=False)
 def alloc_gfn(st):
     """A free guest frame with reference count 1; returns (gfn, hfn) (hfn -1 when native)."""
-    S, C, refcnt, gfree = st[0], st[1], st[13], st[15]
+    S, C, refcnt, gfree = st.scalars, st.counters, st.frame_refcount, st.guest_free
     if S[X.S_GFREE_TOP] > 0:
         S[X.S_GFREE_TOP] -= 1
         g = gfree[S[X.S_GFREE_TOP]]
@@ -30,7 +30,7 @@ def alloc_gfn(st):
 @njit(cache=True, _nrt=False)
 def put_frame(st, g):
     """Drop one reference to guest frame ``g``; a frame nobody maps returns to the free list."""
-    S, refcnt, gfree = st[0], st[13], st[15]
+    S, refcnt, gfree = st.scalars, st.frame_refcount, st.guest_free
     if refcnt[g] <= 0:
         return
     refcnt[g] -= 1

@@ -26,7 +26,7 @@ def _shift(S, lv):
 
 @njit(cache=True, _nrt=False)
 def new_address_space(st, slot):
-    S, C, slots = st[0], st[1], st[17]
+    S, C, slots = st.scalars, st.counters, st.spaces
     g, h = alloc_gfn(st)
     C[K.PT_PAGES] += 1
     slots[slot, X.SL_ALIVE] = 1
@@ -44,7 +44,7 @@ def new_address_space(st, slot):
 @njit(cache=True, _nrt=False)
 def cr3_load(st, slot):
     """Context switch to address space ``slot``."""
-    S, C, slots = st[0], st[1], st[17]
+    S, C, slots = st.scalars, st.counters, st.spaces
     C[K.CR3_LOADS] += 1
     S[X.S_CUR] = slot
     if S[X.S_PCID] == 0:
@@ -59,7 +59,7 @@ def cr3_load(st, slot):
 @njit(cache=True, _nrt=False)
 def guest_flush(st):
     """The guest flushes its whole TLB (a CR3 reload): exits under shadow paging."""
-    S = st[0]
+    S = st.scalars
     flush_tlbs(st)
     if S[X.S_MODE] == X.MODE_SHADOW:
         vm_exit(st, K.EXIT_CR3)
@@ -68,7 +68,7 @@ def guest_flush(st):
 
 @njit(cache=True, _nrt=False)
 def guest_invlpg(st, slot, vpn):
-    S, C = st[0], st[1]
+    S, C = st.scalars, st.counters
     C[K.INVLPGS] += 1
     invlpg_tlbs(st, slot, vpn)
     if S[X.S_MODE] == X.MODE_SHADOW:
@@ -79,7 +79,7 @@ def guest_invlpg(st, slot, vpn):
 @njit(cache=True, _nrt=False)
 def page_fault(st, slot, va, leaf_i):
     """The guest's page-fault handler.  ``leaf_i`` >= 0: write to a COW page, else demand."""
-    S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
+    S, C, gup, gleaf, slots, refcnt = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces, st.frame_refcount
     key0 = make_key(slot, 0, va >> 12)
     if leaf_i >= 0:
         C[K.GPF_COW] += 1
@@ -112,8 +112,8 @@ def page_fault(st, slot, va, leaf_i):
 @njit(cache=True, _nrt=False)
 def _unmap_pages(st, slot, lo, hi):
     """Clear present leaf entries of pages [lo, hi); returns pages cleared."""
-    S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
-    scr = st[20]
+    S, C, gup, gleaf, slots = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces
+    scr = st.scratch
     nl, _ = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi, scr)
     for t in range(nl):
         c = scr[0, t]
@@ -129,7 +129,7 @@ def _unmap_pages(st, slot, lo, hi):
 @njit(cache=True, _nrt=False)
 def munmap(st, slot, start, length):
     """Unmap [start, start+length): clear PTEs, then INVLPG each page or flush everything."""
-    S = st[0]
+    S = st.scalars
     lo = start >> 12
     hi = (start + length + 4095) >> 12
     if hi > S[X.S_VA_PAGES]:
@@ -146,7 +146,7 @@ def munmap(st, slot, start, length):
 
 @njit(cache=True, _nrt=False)
 def brk(st, slot, new_brk):
-    slots = st[17]
+    slots = st.spaces
     old = slots[slot, X.SL_BRK]
     if new_brk == 0:  # brk(0) queries the break
         return
@@ -160,12 +160,12 @@ def brk(st, slot, new_brk):
 @njit(cache=True, _nrt=False)
 def fork(st, parent, child):
     """Copy the parent's page table into a new address space, both sides copy-on-write."""
-    S, C, gup, gleaf, slots, refcnt = st[0], st[1], st[8], st[9], st[17], st[13]
+    S, C, gup, gleaf, slots, refcnt = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces, st.frame_refcount
     C[K.FORKS] += 1
     C[K.PROCESS_OPS] += 1
     new_address_space(st, child)
     slots[child, X.SL_BRK] = slots[parent, X.SL_BRK]
-    scr = st[20]
+    scr = st.scratch
     nl, nu = collect(gup, gleaf, parent, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
     used_up = S[X.S_GUP_USED:X.S_GUP_USED + 1]
     used_leaf = S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1]
@@ -196,11 +196,11 @@ def fork(st, parent, child):
 @njit(cache=True, _nrt=False)
 def teardown(st, slot):
     """Free an address space: its mappings, its page-table pages and its shadow."""
-    S, C, gup, gleaf, slots = st[0], st[1], st[8], st[9], st[17]
+    S, C, gup, gleaf, slots = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces
     if S[X.S_MODE] == X.MODE_SHADOW and slots[slot, X.SL_SROOT] >= 0:
         vm_exit(st, K.EXIT_PTE_WRITE)  # the first teardown write unshadows it all
     shadow.destroy(st, slot)
-    scr = st[20]
+    scr = st.scratch
     nl, nu = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
     for t in range(nl):
         j = find(gleaf, make_key(slot, 0, scr[0, t]))
@@ -219,7 +219,7 @@ def teardown(st, slot):
 
 @njit(cache=True, _nrt=False)
 def exec_(st, slot):
-    C = st[1]
+    C = st.counters
     C[K.EXECS] += 1
     C[K.PROCESS_OPS] += 1
     teardown(st, slot)
@@ -228,7 +228,7 @@ def exec_(st, slot):
 
 @njit(cache=True, _nrt=False)
 def exit_(st, slot):
-    S, C, slots = st[0], st[1], st[17]
+    S, C, slots = st.scalars, st.counters, st.spaces
     C[K.EXITS] += 1
     C[K.PROCESS_OPS] += 1
     teardown(st, slot)

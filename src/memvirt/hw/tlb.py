@@ -20,7 +20,7 @@ def tlb_key(slot, vpn):
 
 @njit(cache=True, _nrt=False)
 def flush_psc(st):
-    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
+    ctag, cstamp, cgeom, clast = st.cache_tag, st.cache_stamp, st.cache_geom, st.cache_last
     for lv in range(1, 5):
         flush(ctag, cstamp, cgeom, clast, PSC0 + lv)
 
@@ -28,7 +28,7 @@ def flush_psc(st):
 @njit(cache=True, _nrt=False)
 def flush_tlbs(st):
     """Flush the TLBs and paging-structure caches (a CR3 reload without PCID, a VPID-less exit)."""
-    C, ctag, cstamp, cgeom, clast = st[1], st[2], st[3], st[5], st[6]
+    C, ctag, cstamp, cgeom, clast = st.counters, st.cache_tag, st.cache_stamp, st.cache_geom, st.cache_last
     flush(ctag, cstamp, cgeom, clast, ITLB)
     flush(ctag, cstamp, cgeom, clast, DTLB)
     flush(ctag, cstamp, cgeom, clast, STLB)
@@ -39,7 +39,7 @@ def flush_tlbs(st):
 @njit(cache=True, _nrt=False)
 def flush_nested(st):
     """Flush the nested TLB and nested paging-structure caches (EPT root change)."""
-    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
+    ctag, cstamp, cgeom, clast = st.cache_tag, st.cache_stamp, st.cache_geom, st.cache_last
     flush(ctag, cstamp, cgeom, clast, NTLB)
     for lv in range(1, 5):
         flush(ctag, cstamp, cgeom, clast, NPSC0 + lv)
@@ -48,7 +48,7 @@ def flush_nested(st):
 @njit(cache=True, _nrt=False)
 def invlpg_tlbs(st, slot, vpn):
     """INVLPG: drop one page's entries; paging-structure caches are flushed (Intel SDM 4.10.4.1)."""
-    ctag, cstamp, cgeom, clast = st[2], st[3], st[5], st[6]
+    ctag, cstamp, cgeom, clast = st.cache_tag, st.cache_stamp, st.cache_geom, st.cache_last
     k = tlb_key(slot, vpn)
     invalidate(ctag, cstamp, cgeom, clast, ITLB, k)
     invalidate(ctag, cstamp, cgeom, clast, DTLB, k)

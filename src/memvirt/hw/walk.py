@@ -37,7 +37,7 @@ def level_index(S, va, lv):
 @njit(cache=True, _nrt=False, inline="always")
 def ref(st, paddr):
     """One walk reference to host-physical byte address ``paddr``."""
-    C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    C, ctag, cstamp, cval, cgeom, clast, cclock = st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
     C[K.WALK_REFS] += 1
     if touch(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, paddr >> 6):
         C[K.REF_HIT] += 1
@@ -49,8 +49,8 @@ def ref(st, paddr):
 def psc_start(st, slot, va, root):
     """Where a walk starts: (level, table frame) after the deepest paging-structure-cache
     hit, or (top level, ``root``) when every PSC misses."""
-    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
-        st[6], st[7]
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, \
+        st.cache_last, st.cache_clock
     n = S[X.S_LEVELS]
     for probe in range(1, n):
         i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + probe,
@@ -67,8 +67,8 @@ def walk_1d(st, up, leaf, slot, root, va):
 
     Returns the leaf entry's slot in ``leaf``, or -1 when an entry on the way is not present.
     """
-    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
-        st[6], st[7]
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, \
+        st.cache_last, st.cache_clock
     C[K.WALKS] += 1
     lv, table = psc_start(st, slot, va, root)
     while True:
@@ -91,9 +91,9 @@ def translate_gpa(st, gfn, known_hfn):
     ``known_hfn`` is the backing the guest entry already carries (or -1): the walk's
     references are the same either way, but it spares the simulator a random p2m read.
     """
-    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
-        st[6], st[7]
-    eup = st[12]
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, \
+        st.cache_last, st.cache_clock
+    eup = st.ept_upper
     i = lookup(ctag, cstamp, cgeom, clast, cclock, NTLB, gfn)
     if i >= 0:
         C[K.NTLB_HIT] += 1
@@ -139,9 +139,9 @@ def walk_2d(st, slot, va):
     One loop, one call site for the nested translation (of each guest table and, last, of
     the data frame), so the whole walk inlines into the access path once.
     """
-    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st[0], st[1], st[2], st[3], st[4], st[5], \
-        st[6], st[7]
-    gup, gleaf, slots = st[8], st[9], st[17]
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, \
+        st.cache_last, st.cache_clock
+    gup, gleaf, slots = st.guest_upper, st.guest_leaf, st.spaces
     C[K.WALKS] += 1
     tgfn = slots[slot, X.SL_ROOT_GFN]
     known = slots[slot, X.SL_ROOT_HFN]

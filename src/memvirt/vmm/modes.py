@@ -29,7 +29,7 @@ from .p2m import vm_exit
 def _walk(st, slot, va, store):
     """Walk until the translation allows the access; returns its write permission, or -1
     after handling a fault (the access is retried)."""
-    S, gup, gleaf, sup, sleaf, slots = st[0], st[8], st[9], st[10], st[11], st[17]
+    S, gup, gleaf, sup, sleaf, slots = st.scalars, st.guest_upper, st.guest_leaf, st.shadow_upper, st.shadow_leaf, st.spaces
     mode = S[X.S_MODE]
     if mode == X.MODE_NESTED:
         i = walk_2d(st, slot, va)
@@ -61,7 +61,7 @@ def _walk(st, slot, va, store):
 @njit(cache=True, _nrt=False, inline="always")
 def access(st, slot, va, store, fetch):
     """Translate one access (one page).  Returns False if it never settles (internal error)."""
-    C, ctag, cstamp, cval, cgeom, clast, cclock = st[1], st[2], st[3], st[4], st[5], st[6], st[7]
+    C, ctag, cstamp, cval, cgeom, clast, cclock = st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
     C[K.ACCESSES] += 1
     key = tlb_key(slot, va >> 12)
     l1 = ITLB if fetch else DTLB

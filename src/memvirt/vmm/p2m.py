@@ -20,7 +20,7 @@ from ..hw.tlb import flush_tlbs
 @njit(cache=True, _nrt=False)
 def vm_exit(st, reason):
     """Count one VM exit; without VPID the TLBs are flushed on the way out and back in."""
-    S, C = st[0], st[1]
+    S, C = st.scalars, st.counters
     C[reason] += 1
     if S[X.S_VPID] == 0:
         flush_tlbs(st)
@@ -29,7 +29,7 @@ def vm_exit(st, reason):
 @njit(cache=True, _nrt=False)
 def alloc_hfn(st, n):
     """Host frames: one frame for shadow/EPT pages (recycled), or ``n`` contiguous for backing."""
-    S, hfree = st[0], st[16]
+    S, hfree = st.scalars, st.host_free
     if n == 1 and S[X.S_HFREE_TOP] > 0:
         S[X.S_HFREE_TOP] -= 1
         return hfree[S[X.S_HFREE_TOP]]
@@ -40,7 +40,7 @@ def alloc_hfn(st, n):
 
 @njit(cache=True, _nrt=False)
 def free_hfn(st, h):
-    S, hfree = st[0], st[16]
+    S, hfree = st.scalars, st.host_free
     hfree[S[X.S_HFREE_TOP]] = h
     S[X.S_HFREE_TOP] += 1
 
@@ -48,7 +48,7 @@ def free_hfn(st, h):
 @njit(cache=True, _nrt=False, inline="always")
 def hfn_of(st, gfn):
     """Host frame backing guest frame ``gfn``, or -1."""
-    S, p2m = st[0], st[14]
+    S, p2m = st.scalars, st.p2m
     if S[X.S_HOST_LEAF] == 0:
         return p2m[gfn]
     b = p2m[gfn >> 9]
@@ -60,7 +60,7 @@ def hfn_of(st, gfn):
 @njit(cache=True, _nrt=False)
 def back_frame(st, gfn):
     """Back ``gfn`` if needed (one exit); returns its hfn."""
-    S, C, eup, p2m = st[0], st[1], st[12], st[14]
+    S, C, eup, p2m = st.scalars, st.counters, st.ept_upper, st.p2m
     h = hfn_of(st, gfn)
     if h >= 0:
         return h

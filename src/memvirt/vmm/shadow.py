@@ -26,7 +26,7 @@ from .p2m import alloc_hfn, free_hfn, vm_exit
 @njit(cache=True, _nrt=False)
 def _shadowed(st, slot, lv, va):
     """Is the guest page-table page holding the level-``lv`` entry for ``va`` shadowed?"""
-    S, sup, slots = st[0], st[10], st[17]
+    S, sup, slots = st.scalars, st.shadow_upper, st.spaces
     if lv == S[X.S_LEVELS] - 1:
         return slots[slot, X.SL_SROOT] >= 0
     return find(sup, make_key(slot, lv + 1, va >> (12 + S[X.S_BITS] * (lv + 1)))) >= 0
@@ -35,7 +35,7 @@ def _shadowed(st, slot, lv, va):
 @njit(cache=True, _nrt=False)
 def _propagate_leaf(st, slot, va):
     """Make the shadow leaf for ``va`` match the guest leaf (or drop it)."""
-    S, C, gleaf, sleaf = st[0], st[1], st[9], st[11]
+    S, C, gleaf, sleaf = st.scalars, st.counters, st.guest_leaf, st.shadow_leaf
     sk = make_key(slot, 0, va >> 12)
     g = find(gleaf, sk)
     if g < 0:
@@ -49,7 +49,7 @@ def _propagate_leaf(st, slot, va):
 
 @njit(cache=True, _nrt=False)
 def oos_resync_all(st):
-    S, C = st[0], st[1]
+    S, C = st.scalars, st.counters
     C[K.OOS_RESYNCS] += S[X.S_OOS_N]
     S[X.S_OOS_N] = 0
 
@@ -57,7 +57,7 @@ def oos_resync_all(st):
 @njit(cache=True, _nrt=False)
 def oos_drop_slot(st, slot):
     """Forget unsynced pages of an address space that is being torn down."""
-    S, oos = st[0], st[18]
+    S, oos = st.scalars, st.oos_pages
     j = 0
     for i in range(S[X.S_OOS_N]):
         if (oos[i] >> 48) != slot:
@@ -69,7 +69,7 @@ def oos_drop_slot(st, slot):
 @njit(cache=True, _nrt=False)
 def oos_resync_page(st, slot, va):
     """INVLPG of an address in an unsynced page resyncs that page (Xen)."""
-    S, C, oos = st[0], st[1], st[18]
+    S, C, oos = st.scalars, st.counters, st.oos_pages
     pk = make_key(slot, 1, va >> (12 + S[X.S_BITS]))
     for i in range(S[X.S_OOS_N]):
         if oos[i] == pk:
@@ -83,19 +83,19 @@ def oos_resync_page(st, slot, va):
 @njit(cache=True, _nrt=False)
 def on_guest_pte_write(st, slot, lv, va):
     """The guest wrote its level-``lv`` entry for ``va`` (already updated in the guest table)."""
-    S, oos = st[0], st[18]
+    S, oos = st.scalars, st.oos_pages
     if S[X.S_MODE] != X.MODE_SHADOW or not _shadowed(st, slot, lv, va):
         return
     if lv == 0 and S[X.S_OOS] != 0:
         pk = make_key(slot, 1, va >> (12 + S[X.S_BITS]))
         for i in range(S[X.S_OOS_N]):
             if oos[i] == pk:  # already out of sync: no exit, the shadow entry goes stale
-                remove(st[11], make_key(slot, 0, va >> 12))
+                remove(st.shadow_leaf, make_key(slot, 0, va >> 12))
                 return
         vm_exit(st, K.EXIT_PTE_WRITE)
         _propagate_leaf(st, slot, va)
         if S[X.S_OOS_N] == S[X.S_OOS_MAX]:  # full: resync the oldest
-            st[1][K.OOS_RESYNCS] += 1
+            st.counters[K.OOS_RESYNCS] += 1
             for j in range(S[X.S_OOS_N] - 1):
                 oos[j] = oos[j + 1]
             S[X.S_OOS_N] -= 1
@@ -110,7 +110,7 @@ def on_guest_pte_write(st, slot, lv, va):
 
 @njit(cache=True, _nrt=False)
 def new_root(st, slot):
-    C, slots = st[1], st[17]
+    C, slots = st.counters, st.spaces
     slots[slot, X.SL_SROOT] = alloc_hfn(st, 1)
     slots[slot, X.SL_NSHADOW] = 1
     C[K.SHADOW_ROOTS] += 1
@@ -120,7 +120,7 @@ def new_root(st, slot):
 @njit(cache=True, _nrt=False)
 def fill(st, slot, va):
     """Hidden fault: build the missing shadow levels for ``va`` from the guest table."""
-    S, C, sup, slots = st[0], st[1], st[10], st[17]
+    S, C, sup, slots = st.scalars, st.counters, st.shadow_upper, st.spaces
     if slots[slot, X.SL_SROOT] < 0:
         new_root(st, slot)
     used = S[X.S_SUP_USED:X.S_SUP_USED + 1]
@@ -139,7 +139,7 @@ def fill(st, slot, va):
 def _prefetch(st, slot, va):
     """Xen's sh_prefetch: shadow the guest entries that follow the faulting one in the same
     leaf table, up to ``shadow_prefetch`` of them, stopping at one already shadowed."""
-    S, C, gleaf, sleaf = st[0], st[1], st[9], st[11]
+    S, C, gleaf, sleaf = st.scalars, st.counters, st.guest_leaf, st.shadow_leaf
     vpn = va >> 12
     last = min(vpn + S[X.S_SH_PREFETCH], vpn | ((1 << S[X.S_BITS]) - 1))
     used = S[X.S_SLEAF_USED:X.S_SLEAF_USED + 1]
@@ -158,10 +158,10 @@ def _prefetch(st, slot, va):
 @njit(cache=True, _nrt=False)
 def destroy(st, slot):
     """Tear down one address space's shadow table; returns shadow pages freed."""
-    S, C, sup, sleaf, slots = st[0], st[1], st[10], st[11], st[17]
+    S, C, sup, sleaf, slots = st.scalars, st.counters, st.shadow_upper, st.shadow_leaf, st.spaces
     if slots[slot, X.SL_SROOT] < 0:
         return 0
-    scr = st[20]
+    scr = st.scratch
     nl, nu = collect(sup, sleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
     for t in range(nl):
         remove(sleaf, make_key(slot, 0, scr[0, t]))
