@@ -82,7 +82,7 @@ def test_metadata_survives(tmp_path):
             "tools": {"valgrind": "valgrind-3.19.0"}}
     path = write_trace(t, tmp_path / "m.parquet", meta)
     kv = pq.ParquetFile(path).metadata.metadata
-    assert kv[META_VERSION_KEY.encode()] == b"1"
+    assert kv[META_VERSION_KEY.encode()] == b"2"
     stored = json.loads(kv[META_KEY.encode()])
     src = open_trace(path)
     assert isinstance(src, ParquetTraceSource)
@@ -102,7 +102,8 @@ def test_plain_columns_for_other_tools(tmp_path):
     path = write_trace(t, tmp_path / "p.parquet")
     table = pq.read_table(path)
     assert table.column_names == list(COLUMNS)
-    assert [str(f.type) for f in table.schema] == ["uint8", "uint64", "uint64", "int64", "uint32"]
+    assert [str(f.type) for f in table.schema] == ["uint8", "uint64", "uint64", "int64", "uint32",
+                                                   "uint32"]
     np.testing.assert_array_equal(table.column("addr").to_numpy(), t.addr)
     pd = pytest.importorskip("pandas")
     df = pd.read_parquet(path)
@@ -181,3 +182,46 @@ def test_corrupt_file_is_a_trace_error(tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(TraceError, match="cut.parquet"):
         load_trace(bad, "parquet")
+
+
+def test_footprint_statistics_match_a_plain_set(tmp_path):
+    """The writer's footprint (distinct process/page pairs, page-crossing accesses counting
+    every page) against Python sets; info reads it back from the metadata."""
+    from memvirt.cli.info import summarize
+
+    rng = np.random.default_rng(11)
+    n = 200_000
+    pid = rng.choice([3, 5, 9], n)
+    addr = (rng.integers(0, 1 << 20, n) * 4096 + rng.integers(0, 4096, n)).astype(np.uint64)
+    size = rng.choice([1, 8, 4096, 20000], n, p=[0.4, 0.5, 0.05, 0.05]).astype(np.uint64)
+    kind = rng.choice([0, 1, 2, 3, 8], n, p=[0.3, 0.3, 0.2, 0.1, 0.1]).astype(np.uint8)
+    t = Trace(kind=kind, addr=addr, size=size, pid=pid, icount=(kind == 0).astype(np.uint32),
+              repeat=np.where(kind <= 3, rng.integers(1, 4, n), 1).astype(np.uint32))
+    per: dict[int, set] = {}
+    for k, a, s, p in zip(kind.tolist(), addr.tolist(), size.tolist(), pid.tolist()):
+        if k <= 3:
+            per.setdefault(p, set()).update(range(a >> 12, ((a + max(s, 1) - 1) >> 12) + 1))
+    path = write_trace(t, tmp_path / "f.parquet", row_group_records=50_000)
+    d = summarize(read_parquet(path))
+    assert d["from_metadata"]
+    assert d["footprint_pages_per_process"] == {str(p): len(v) for p, v in sorted(per.items())}
+    assert d["footprint_pages"] == sum(len(v) for v in per.values())
+    assert d["footprint_pages_any_process"] == len(set().union(*per.values()))
+    acc = kind <= 3
+    assert d["accesses"] == {name: int(t.repeat[kind == k].sum())
+                             for k, name in enumerate(["IFETCH", "LOAD", "STORE", "MODIFY"])}
+    assert sum(d["accesses"].values()) == int(t.repeat[acc].sum())
+    # streaming the records gives the same numbers as the metadata
+    from memvirt.trace.base import InMemorySource
+    d2 = summarize(InMemorySource(t))
+    assert not d2["from_metadata"]
+    for k in ("footprint_pages_per_process", "footprint_pages", "accesses", "counts"):
+        assert d2[k] == d[k]
+
+
+def test_format_1_files_read_with_repeat_one(tmp_path):
+    t = random_trace(500, seed=4)
+    table = pa.table({k: getattr(t, k) for k in ("kind", "addr", "size", "pid", "icount")})
+    pq.write_table(table, tmp_path / "v1.parquet")
+    back = load_trace(tmp_path / "v1.parquet")
+    assert (back.repeat == 1).all() and np.array_equal(back.addr, t.addr)

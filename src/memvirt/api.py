@@ -10,7 +10,7 @@ from . import counters as K
 from . import state as X
 from .config import Config
 from .engine import Machine
-from .errors import ConfigError
+from .errors import ConfigError, TraceError
 from .result import Result, sample_dict
 from .trace.base import DEFAULT_CHUNK, open_trace
 
@@ -57,6 +57,7 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
     else:
         start = X.MODES[mode]
     m = Machine(cfg, start)
+    m.sync = trace_sync_interval(src)
     period = cfg.selective.period_instructions
     m.boundary = np.int64(period)
     stlb_on = cfg.hw.stlb.entries > 0
@@ -108,6 +109,17 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
         res.policy = getattr(pol, "name", type(pol).__name__)
         res.selective = _selective_summary(samples, decisions, pol)
     return res
+
+
+def trace_sync_interval(src) -> int:
+    """The trace's sync-point interval G (``sync_instructions`` in its metadata; 1 when
+    absent): sampling periods end only at sync points (``engine.run_records``)."""
+    meta = getattr(src, "meta", None) or {}
+    g = meta.get("sync_instructions", 1)
+    if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= 1 << 31:
+        raise TraceError(f"{meta.get('path', 'trace')}: metadata sync_instructions={g!r} is not "
+                         f"an integer between 1 and 2^31")
+    return g
 
 
 def _trace_summary(meta: dict) -> dict:

@@ -43,11 +43,40 @@ def _flush_fast(C, cclock, clk, fl, fs, ff):
     cclock[0] = clk
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _folded_hits(C, k, n):
+    """Count ``n`` folded accesses of a collapsed record as L1 TLB hits (a Lackey M is a
+    load and a store, both hits)."""
+    if k == 0:
+        C[K.IFETCH] += n
+        C[K.ITLB_HIT] += n
+        C[K.ACCESSES] += n
+    elif k == 3:
+        C[K.LOADS] += n
+        C[K.STORES] += n
+        C[K.DTLB_HIT] += 2 * n
+        C[K.ACCESSES] += 2 * n
+    else:
+        C[K.LOADS if k == 1 else K.STORES] += n
+        C[K.DTLB_HIT] += n
+        C[K.ACCESSES] += n
+
+
 @njit(cache=True, _nrt=False)
-def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
-    """Process records [pos, end).  Returns (status, next record index)."""
+def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, boundary, sync):
+    """Process records [pos, end).  Returns (status, next record index).
+
+    A sampling period ends just before the first *sync point* at or after ``boundary``
+    instructions: with ``sync`` = 1 before any record; with ``sync`` = G > 1 only before an
+    instruction fetch whose index in its process image is a multiple of G (where a
+    collapsed capture always starts a record, so periods fall at the same place in the
+    collapsed and the full trace).  A record of ``repeat`` n stands for n accesses to the
+    same page: the first is translated, the others are L1 TLB hits (when the L1 TLB is
+    disabled every one is translated).
+    """
     S, C, slots, lim = st.scalars, st.counters, st.spaces, st.limits
-    ctag, cstamp, cval, cgeom, clast, cclock = st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
+    ctag, cstamp, cval = st.cache_tag, st.cache_stamp, st.cache_val
+    cgeom, clast, cclock = st.cache_geom, st.cache_last, st.cache_clock
     levels = S[X.S_LEVELS]
     # The fast path (a single-page access that hits the L1 TLB) keeps its counts, the
     # instruction count and the LRU clock in locals; they are written back before anything
@@ -60,6 +89,12 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
     for r in range(pos, end):
         k = kind[r]
         s = slot[r]
+        if instr >= boundary and (sync == 1 or (
+                k == 0 and slots[s, X.SL_ALIVE] == 1 and slots[s, X.SL_INSTR] > 0
+                and slots[s, X.SL_INSTR] % sync == 0)):
+            C[K.INSTR] = instr
+            _flush_fast(C, cclock, clk, fl, fs, ff)
+            return X.ST_PERIOD, r
         if k <= 2 and s == S[X.S_CUR]:
             va = np.int64(addr[r])
             if (va & 4095) + np.int64(size[r]) <= 4096:
@@ -80,17 +115,15 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
                             hit = b + w
                             break
                 if hit >= 0 and (k != 2 or cval[hit] == 1):
+                    n = np.int64(repeat[r])
                     if k == 0:
-                        ff += 1
+                        ff += n
                     elif k == 1:
-                        fl += 1
+                        fl += n
                     else:
-                        fs += 1
+                        fs += n
                     instr += icount[r]
-                    if instr >= boundary:
-                        C[K.INSTR] = instr
-                        _flush_fast(C, cclock, clk, fl, fs, ff)
-                        return X.ST_PERIOD, r + 1
+                    slots[s, X.SL_INSTR] += icount[r]
                     continue
         # Slow path: bring the shared state up to date first.
         if r + PREFETCH_AHEAD < end and kind[r + PREFETCH_AHEAD] <= 3:
@@ -126,27 +159,34 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
             guest.cr3_load(st, s)
         if k <= 3:
             va = np.int64(addr[r])
-            if k == 0:
-                C[K.IFETCH] += 1
-            elif k == 1:
-                C[K.LOADS] += 1
-            elif k == 2:
-                C[K.STORES] += 1
-            else:
-                C[K.LOADS] += 1
-                C[K.STORES] += 1
             sz = np.int64(size[r])
             last = va + (sz - 1 if sz > 0 else 0)
             npages = (last >> 12) - (va >> 12) + 1
-            # One call site for access() so that it inlines once: a Lackey M is a load then
-            # a store, an access that crosses a page boundary translates each page.
-            for step in range(npages * (2 if k == 3 else 1)):
-                p = step >> 1 if k == 3 else step
-                a = va if p == 0 else ((va >> 12) + p) << 12
-                store = 1 if (k == 2 or (k == 3 and (step & 1) == 1)) else 0
-                if not access(st, s, a, store, k == 0):
-                    S[X.S_ERROR] = X.ERR_LOOP
-                    return X.ST_ERROR, r
+            n = np.int64(repeat[r])
+            # The accesses to translate one by one: the first (a page-crossing access
+            # translates each page, a Lackey M is a load then a store), or every one of a
+            # collapsed record when its L1 TLB is disabled (no folded hits to count).
+            times = n if cgeom[hwc.ITLB if k == 0 else hwc.DTLB, 1] == 0 else 1
+            for _ in range(times):
+                if k == 0:
+                    C[K.IFETCH] += 1
+                elif k == 1:
+                    C[K.LOADS] += 1
+                elif k == 2:
+                    C[K.STORES] += 1
+                else:
+                    C[K.LOADS] += 1
+                    C[K.STORES] += 1
+                # One call site for access() so that it inlines once.
+                for step in range(npages * (2 if k == 3 else 1)):
+                    p = step >> 1 if k == 3 else step
+                    a = va if p == 0 else ((va >> 12) + p) << 12
+                    store = 1 if (k == 2 or (k == 3 and (step & 1) == 1)) else 0
+                    if not access(st, s, a, store, k == 0):
+                        S[X.S_ERROR] = X.ERR_LOOP
+                        return X.ST_ERROR, r
+            if n > times:
+                _folded_hits(C, k, n - times)
         elif k == 8:
             C[K.SYSCALLS] += 1
             C[K.MMAPS] += 1
@@ -165,10 +205,9 @@ def run_records(st, kind, addr, size, icount, slot, arg, pos, end, boundary):
         elif k == 13:
             guest.exit_(st, s)
         C[K.INSTR] += icount[r]
+        slots[s, X.SL_INSTR] += icount[r]
         instr = C[K.INSTR]
         clk = cclock[0]
-        if instr >= boundary:
-            return X.ST_PERIOD, r + 1
     C[K.INSTR] = instr
     _flush_fast(C, cclock, clk, fl, fs, ff)
     return X.ST_DONE, end
@@ -200,7 +239,7 @@ def switch_mode(st, new_mode):
 
 
 @njit(cache=True)
-def _prepare(kind, addr, size, pid_ids, child_ids, valid_kind, va_limit, alive, slot_of,
+def _prepare(kind, addr, size, repeat, pid_ids, child_ids, valid_kind, va_limit, alive, slot_of,
              free_slots, nfree, slot, arg):
     """Check every record and assign address-space slots, in one pass.
 
@@ -222,7 +261,17 @@ def _prepare(kind, addr, size, pid_ids, child_ids, valid_kind, va_limit, alive, 
                 last = a + (sz - np.uint64(1))  # uint64 throughout: no float promotion
             if last < a or last >= va_limit:
                 return 5, r, nfree
-        elif k == 10 and addr[r] >= va_limit:
+            if k <= 3:
+                n = repeat[r]
+                if n == 0:
+                    return 7, r, nfree
+                if n > 1 and (last >> np.uint64(12)) != (a >> np.uint64(12)):
+                    return 8, r, nfree  # folded accesses must stay on one page
+            elif repeat[r] != 1:
+                return 9, r, nfree
+        elif repeat[r] != 1:
+            return 9, r, nfree
+        if k == 10 and addr[r] >= va_limit:
             return 5, r, nfree
         p = pid_ids[r]
         if alive[p] == 2:
@@ -256,6 +305,10 @@ def _prepare(kind, addr, size, pid_ids, child_ids, valid_kind, va_limit, alive, 
 
 _VALID_KIND = np.zeros(256, bool)
 _VALID_KIND[[int(k) for k in Kind]] = True
+
+
+def _kind_name(k: int) -> str:
+    return Kind(k).name if k in Kind._value2member_map_ else str(k)
 
 
 class Machine:
@@ -319,6 +372,7 @@ class Machine:
         self.nfree = config.guest.max_processes
         self.records_done = 0
         self.boundary = np.int64(2**62)
+        self.sync = 1  # sync-point interval of the trace (periods end only at sync points)
         self._slot_buf = np.empty(0, np.int64)
         self._arg_buf = np.empty(0, np.int64)
         self.pending_mode: int | None = None  # a mode switch decided at the last period end
@@ -392,7 +446,8 @@ class Machine:
         slot = self._slot_buf[:n]  # _prepare writes every element before any is read
         arg = self._arg_buf[:n]
         va_limit = np.uint64(1) << np.uint64(self.va_bits)
-        err, r, self.nfree = _prepare(kind, tr.addr, tr.size, pid_ids, child_ids, _VALID_KIND,
+        err, r, self.nfree = _prepare(kind, tr.addr, tr.size, tr.repeat, pid_ids, child_ids,
+                                      _VALID_KIND,
                                       va_limit, self.alive, self.slot_of, self.free_slots,
                                       self.nfree, slot, arg)
         if err:
@@ -408,6 +463,11 @@ class Machine:
                    f"({self.config.guest.levels}-level guest page tables)",
                 6: f"access size {int(tr.size[r])} is not a plausible single access "
                    f"(expected at most 1 MiB)",
+                7: "repeat count 0 (an access record stands for at least one access)",
+                8: f"repeat count {int(tr.repeat[r])} on an access that crosses a page "
+                   f"(folded accesses must stay on one 4 KiB page)",
+                9: f"repeat count {int(tr.repeat[r])} on a {_kind_name(int(kind[r]))} event "
+                   f"(expected 1)",
             }[err]
             raise TraceError(f"record {base + r}: {msg}")
         return slot, arg
@@ -447,8 +507,8 @@ class Machine:
             if self.pending_mode is not None:
                 self.switch(self.pending_mode)
                 self.pending_mode = None
-            status, pos = run_records(self.state(), tr.kind, tr.addr, tr.size, tr.icount, slot,
-                                      arg, pos, n, self.boundary)
+            status, pos = run_records(self.state(), tr.kind, tr.addr, tr.size, tr.icount,
+                                      tr.repeat, slot, arg, pos, n, self.boundary, self.sync)
             if status == X.ST_GROW:
                 self.grow()
             elif status == X.ST_PERIOD:

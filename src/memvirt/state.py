@@ -77,7 +77,8 @@ SL_BRK = 4
 SL_NUP = 5
 SL_NLEAF = 6
 SL_NSHADOW = 7
-NSLOTCOLS = 8
+SL_INSTR = 8  # instructions of the process image so far (sync points, see engine.run_records)
+NSLOTCOLS = 9
 
 # lim: table fill limits (used + tombstones) and frame capacity
 LIM_GUP = 0

@@ -5,110 +5,41 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
-
-from ..trace.records import Kind, Trace
+from ..trace.records import Kind
 
 NAME = "info"
 HELP = "summarise a trace: records, instructions, processes, footprint, records per kind"
 
 PAGE_SHIFT = 12
-_MERGE_AT = 1 << 22
-
-
-class Footprint:
-    """Distinct 4 KiB pages touched per process, accumulated chunk by chunk (memory grows
-    with the footprint, not with the trace)."""
-
-    def __init__(self) -> None:
-        self._done: dict[int, np.ndarray] = {}
-        self._pending: dict[int, list[np.ndarray]] = {}
-        self._pending_n: dict[int, int] = {}
-
-    @staticmethod
-    def pages(addr: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Page numbers touched by accesses (an access that crosses a boundary touches
-        every page it spans)."""
-        first = addr >> np.uint64(PAGE_SHIFT)
-        last = (addr + np.maximum(size, np.uint64(1)) - np.uint64(1)) >> np.uint64(PAGE_SHIFT)
-        span = last - first
-        span[last < first] = 0  # wrapped at the top of the address space
-        if not span.any():
-            return first
-        parts = [first]
-        multi = np.flatnonzero(span)
-        small = multi[span[multi] < 64]
-        parts.append(last[small])
-        for i in multi[span[multi] >= 64]:  # huge accesses: rare, cap the expansion
-            n = int(min(span[i], 1 << 16))
-            parts.append(first[i] + np.arange(1, n + 1, dtype=np.uint64))
-        for k in range(1, 63):  # the middle pages of accesses spanning 3..63 pages
-            mid = small[span[small] > k]
-            if not len(mid):
-                break
-            parts.append(first[mid] + np.uint64(k))
-        return np.concatenate(parts)
-
-    def add(self, trace: Trace) -> None:
-        acc = trace.kind <= int(Kind.MODIFY)
-        if not acc.any():
-            return
-        pid = trace.pid[acc]
-        addr, size = trace.addr[acc], trace.size[acc]
-        if pid[0] == pid[-1] and np.all(pid == pid[0]):
-            groups = [(int(pid[0]), slice(None))]
-        else:
-            groups = [(int(p), pid == p) for p in np.unique(pid)]
-        for p, sel in groups:
-            pages = np.unique(self.pages(addr[sel], size[sel]))
-            self._pending.setdefault(p, []).append(pages)
-            self._pending_n[p] = self._pending_n.get(p, 0) + len(pages)
-            if self._pending_n[p] >= _MERGE_AT:
-                self._merge(p)
-
-    def _merge(self, p: int) -> None:
-        parts = self._pending.pop(p, [])
-        self._pending_n[p] = 0
-        if p in self._done:
-            parts.append(self._done[p])
-        if parts:
-            self._done[p] = np.unique(np.concatenate(parts))
-
-    def per_process(self) -> dict[int, np.ndarray]:
-        for p in list(self._pending):
-            self._merge(p)
-        return dict(self._done)
+STAT_KEYS = ("stats_version", "records", "counts", "accesses", "instructions", "processes",
+             "pids", "footprint_pages", "footprint_pages_any_process",
+             "footprint_pages_per_process")
 
 
 def summarize(source, chunk_records: int | None = None) -> dict:
-    """Stream a trace source and summarise it (the dict ``info --json`` prints)."""
+    """Summarise a trace source (the dict ``info --json`` prints).  A memvirt Parquet file
+    written by this version carries the statistics in its metadata: no pass over the
+    records.  Other sources are streamed once (memory grows with the footprint only)."""
     from ..trace.base import DEFAULT_CHUNK
-    from ..trace.parquet import TraceStats
+    from ..trace.parquet import STATS_VERSION, TraceStats
 
-    stats = TraceStats()
-    fp = Footprint()
-    for chunk in source.chunks(chunk_records or DEFAULT_CHUNK):
-        stats.add(chunk)
-        fp.add(chunk)
-    per = fp.per_process()
-    per_counts = {str(p): int(len(v)) for p, v in sorted(per.items())}
-    total = sum(per_counts.values())
-    union = len(np.unique(np.concatenate(list(per.values())))) if per else 0
     meta = dict(getattr(source, "meta", {}) or {})
-    for k in ("records", "counts", "instructions", "processes"):
-        meta.pop(k, None)
-    return {
-        "records": stats.records,
-        "instructions": stats.instructions,
-        "processes": len(stats.pids),
-        "pids": stats.pids,
-        "counts": {k.name: int(stats.kinds[int(k)]) for k in Kind},
-        "footprint_pages": total,
-        "footprint_bytes": total << PAGE_SHIFT,
-        "footprint_pages_any_process": union,
-        "footprint_pages_per_process": per_counts,
-        "meta": meta,
-    }
+    if meta.get("stats_version") == STATS_VERSION and all(k in meta for k in STAT_KEYS):
+        d = {k: meta.pop(k) for k in STAT_KEYS}
+        d["from_metadata"] = True
+    else:
+        stats = TraceStats()
+        for chunk in source.chunks(chunk_records or DEFAULT_CHUNK):
+            stats.add(chunk)
+        d = stats.as_meta()
+        d["from_metadata"] = False
+        for k in STAT_KEYS:
+            meta.pop(k, None)
+    d.pop("stats_version", None)
+    d["counts"] = {k.name: int(d["counts"].get(k.name, 0)) for k in Kind}
+    d["footprint_bytes"] = d["footprint_pages"] << PAGE_SHIFT
+    d["meta"] = meta
+    return d
 
 
 def add_arguments(p) -> None:
@@ -136,6 +67,7 @@ def run(args) -> int:
     t.add_column("value", justify="right")
     t.add_row("records", f"{d['records']:,}")
     t.add_row("instructions", f"{d['instructions']:,}")
+    t.add_row("accesses", f"{sum(d['accesses'].values()):,}")
     t.add_row("processes", f"{d['processes']:,}")
     t.add_row("footprint (4 KiB pages, summed over processes)",
               f"{d['footprint_pages']:,} ({d['footprint_bytes'] / 2**20:,.1f} MiB)")
@@ -150,7 +82,8 @@ def run(args) -> int:
         for pid, n in list(d["footprint_pages_per_process"].items())[:50]:
             pt.add_row(pid, f"{n:,}")
         con.print(pt)
-    for k in ("source", "command", "capture_date", "input", "imported_from"):
+    for k in ("source", "command", "capture_date", "input", "imported_from", "collapse",
+              "sync_instructions", "truncated"):
         if k in d["meta"]:
             con.print(f"{k}: {d['meta'][k]}")
     return 0

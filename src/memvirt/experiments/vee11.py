@@ -327,7 +327,7 @@ class Fold32Source:
                 d = delta[np.minimum(idx, len(keys) - 1)]
                 addr[sel] = (a.astype(np.int64) + (d << REGION_SHIFT)).astype(np.uint64)
             yield Trace(kind=k, addr=addr, size=ch.size, pid=ch.pid, icount=ch.icount,
-                        meta=ch.meta)
+                        repeat=ch.repeat, meta=ch.meta)
 
 
 # ----------------------------------------------------------------------------- workloads

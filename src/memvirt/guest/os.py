@@ -37,6 +37,7 @@ def new_address_space(st, slot):
     slots[slot, X.SL_NUP] = 0
     slots[slot, X.SL_NLEAF] = 0
     slots[slot, X.SL_NSHADOW] = 0
+    slots[slot, X.SL_INSTR] = 0
     if S[X.S_MODE] == X.MODE_SHADOW and S[X.S_CUR] == slot:
         shadow.new_root(st, slot)
 

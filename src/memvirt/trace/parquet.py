@@ -2,7 +2,11 @@
 
 Schema (exactly the ``Trace`` columns of ``records.py``, no nulls)::
 
-    kind uint8, addr uint64, size uint64, pid int64, icount uint32
+    kind uint8, addr uint64, size uint64, pid int64, icount uint32, repeat uint32
+
+``repeat`` (format 2) is the number of accesses a record stands for: 1 everywhere except in
+collapsed captures (``docs/mvtrace-format.md``).  Format 1 files have no ``repeat`` column and
+read as all 1.
 
 Row groups hold about ``ROW_GROUP_RECORDS`` (1 Mi) records, so a writer never holds more
 than about two row groups in memory and a reader streams one batch at a time.
@@ -10,12 +14,14 @@ than about two row groups in memory and a reader streams one batch at a time.
 Key-value metadata in the file footer:
 
 ``memvirt.format_version``
-    ``"1"``.  Files without it (written by other tools with the right columns) are read as
-    format 1.
+    ``"2"``.  Files without it (written by other tools with the right columns) are read as
+    format 1 (``repeat`` optional).
 ``memvirt.meta``
     JSON object: whatever the producer passed (``source``, ``command``, ``capture_date``,
-    ``tools`` ...) plus what the writer counted: ``records``, ``counts`` (records per kind
-    name), ``instructions`` and ``processes``.
+    ``tools``, ``sync_instructions`` ...) plus what the writer counted: ``records``,
+    ``counts`` (records per kind name), ``accesses`` (per access kind name, repeat counts
+    included), ``instructions``, ``processes`` and ``footprint_pages`` (distinct (process,
+    4 KiB page) pairs touched), so ``memvirt info`` needs no pass over the records.
 
 Because the columns are plain, pandas (``pd.read_parquet``), DuckDB
 (``SELECT * FROM 'trace.parquet'``) and polars read the file as it is.
@@ -34,9 +40,10 @@ import pyarrow.parquet as pq
 
 from ..errors import TraceError
 from .base import DEFAULT_CHUNK, register_reader
+from .pageset import PageSet
 from .records import VALID_KINDS, Kind, Trace
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_VERSION_KEY = "memvirt.format_version"
 META_KEY = "memvirt.meta"
 ROW_GROUP_RECORDS = 1 << 20
@@ -48,7 +55,9 @@ _ARROW_TYPES = {
     "size": pa.uint64(),
     "pid": pa.int64(),
     "icount": pa.uint32(),
+    "repeat": pa.uint32(),
 }
+OPTIONAL_V1 = {"repeat"}  # columns format 1 files do not have
 SCHEMA = pa.schema([pa.field(name, typ, nullable=False) for name, typ in _ARROW_TYPES.items()])
 
 _VALID_LUT = np.zeros(256, dtype=bool)
@@ -64,14 +73,20 @@ def kind_counts(counts: np.ndarray) -> dict[str, int]:
     return out
 
 
-class TraceStats:
-    """Running totals over a stream of ``Trace`` chunks (records, kinds, instructions, pids)."""
+STATS_VERSION = 2  # what ``TraceStats.as_meta`` stores (2: accesses and footprint)
 
-    def __init__(self) -> None:
+
+class TraceStats:
+    """Running totals over a stream of ``Trace`` chunks: records, records per kind, accesses
+    per kind (repeat counts included), instructions, processes and the footprint."""
+
+    def __init__(self, footprint: bool = True) -> None:
         self.records = 0
         self.instructions = 0
         self.kinds = np.zeros(256, dtype=np.int64)
+        self.accesses = np.zeros(4, dtype=np.int64)
         self._pids: set[int] = set()
+        self.pageset = PageSet() if footprint else None
 
     def add(self, trace: Trace) -> None:
         n = len(trace)
@@ -80,23 +95,37 @@ class TraceStats:
         self.records += n
         self.instructions += int(trace.icount.sum(dtype=np.uint64))
         self.kinds += np.bincount(trace.kind, minlength=256)
+        acc = trace.kind <= Kind.MODIFY
+        self.accesses += np.bincount(trace.kind[acc], weights=trace.repeat[acc],
+                                     minlength=4).astype(np.int64)[:4]
         p = trace.pid
         if p[0] == p[-1] and np.all(p == p[0]):
             self._pids.add(int(p[0]))
         else:
             self._pids.update(int(x) for x in np.unique(p))
+        if self.pageset is not None and acc.any():
+            self.pageset.add(p[acc], trace.addr[acc], trace.size[acc])
 
     @property
     def pids(self) -> list[int]:
         return sorted(self._pids)
 
     def as_meta(self) -> dict:
-        return {
+        out = {
+            "stats_version": STATS_VERSION,
             "records": self.records,
             "counts": kind_counts(self.kinds),
+            "accesses": {Kind(k).name: int(self.accesses[k]) for k in range(4)},
             "instructions": self.instructions,
             "processes": len(self._pids),
+            "pids": self.pids,
         }
+        if self.pageset is not None:
+            out["footprint_pages"] = self.pageset.pages
+            out["footprint_pages_any_process"] = self.pageset.pages_any_process
+            out["footprint_pages_per_process"] = {
+                str(k): v for k, v in self.pageset.per_process().items()}
+        return out
 
 
 def rechunk(pieces: Iterable[Trace], chunk_records: int, meta: dict | None = None) -> Iterator[Trace]:
@@ -251,7 +280,6 @@ class ParquetTraceSource:
             self._pf = pq.ParquetFile(str(self.path))
         except (OSError, pa.ArrowException) as e:
             raise TraceError(f"{self.path}: not a readable Parquet file ({e})") from None
-        self._check_schema()
         kv = self._pf.metadata.metadata or {}
         version = kv.get(META_VERSION_KEY.encode(), b"1").decode(errors="replace")
         try:
@@ -265,6 +293,8 @@ class ParquetTraceSource:
                 f"{self.path}: trace format version {v} is newer than this memvirt reads "
                 f"({FORMAT_VERSION}); upgrade memvirt"
             )
+        self.format_version = v
+        self._check_schema(v)
         raw = kv.get(META_KEY.encode())
         meta: dict = {}
         if raw is not None:
@@ -278,11 +308,14 @@ class ParquetTraceSource:
         self.num_records = int(self._pf.metadata.num_rows)
         self.records_read = 0
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, version: int) -> None:
         schema = self._pf.schema_arrow
+        self._columns = []
         for name, typ in _ARROW_TYPES.items():
             idx = schema.get_field_index(name)
             if idx < 0:
+                if version < 2 and name in OPTIONAL_V1:
+                    continue  # a format 1 file: every record stands for one access
                 raise TraceError(
                     f"{self.path}: column '{name}' is missing (a memvirt trace needs columns "
                     f"{', '.join(f'{n} {t}' for n, t in _ARROW_TYPES.items())})"
@@ -290,13 +323,14 @@ class ParquetTraceSource:
             got = schema.field(idx).type
             if got != typ:
                 raise TraceError(f"{self.path}: column '{name}' has type {got}, expected {typ}")
+            self._columns.append(name)
 
     def progress(self) -> tuple[int, int]:
         """(records read, total records)."""
         return self.records_read, self.num_records
 
     def _batches(self, chunk_records: int) -> Iterator[Trace]:
-        names = list(_ARROW_TYPES)
+        names = self._columns
         row = 0
         try:
             batches = self._pf.iter_batches(batch_size=chunk_records, columns=names,
@@ -322,7 +356,7 @@ class ParquetTraceSource:
                     )
                 row += len(kind)
                 self.records_read = row
-                yield Trace(**cols, meta=self.meta)
+                yield Trace(**cols, meta=self.meta)  # a missing repeat column reads as 1
         except (OSError, pa.ArrowException) as e:
             raise TraceError(f"{self.path}: cannot read record {row}: {e}") from None
 
@@ -348,6 +382,7 @@ register_reader("parquet", read_parquet, _detect,
 
 __all__ = [
     "FORMAT_VERSION", "META_KEY", "META_VERSION_KEY", "ROW_GROUP_RECORDS", "SCHEMA",
+    "STATS_VERSION",
     "ParquetTraceSource", "TraceStats", "TraceWriter", "kind_counts", "read_parquet", "rechunk",
     "write_trace",
 ]

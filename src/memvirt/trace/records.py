@@ -18,7 +18,13 @@ pid        int64     the guest process the record belongs to (for SWITCH: the
                      process switched to; for FORK: the parent)
 icount     uint32    instructions retired with this record.  Lackey-style traces
                      set 1 on IFETCH records and 0 elsewhere; traces without
-                     fetches carry the count on their data records.
+                     fetches carry the count on their data records; a collapsed
+                     fetch record of repeat n carries n.
+repeat     uint32    access: the number of accesses the record stands for (1, or
+                     more in a collapsed capture: the first access at ``addr``, the
+                     others of the same kind on the same 4 KiB page, see
+                     docs/mvtrace-format.md); events: 1.  Optional when building
+                     a ``Trace`` (default all 1).
 =========  ========  ===========================================================
 
 A process exists from its first record (processes running when the trace
@@ -60,6 +66,7 @@ COLUMNS: dict[str, np.dtype] = {
     "size": np.dtype(np.uint64),
     "pid": np.dtype(np.int64),
     "icount": np.dtype(np.uint32),
+    "repeat": np.dtype(np.uint32),
 }
 
 
@@ -72,9 +79,12 @@ class Trace:
     size: np.ndarray
     pid: np.ndarray
     icount: np.ndarray
+    repeat: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.repeat is None:
+            self.repeat = np.ones(len(np.asarray(self.kind)), np.uint32)
         n = None
         for name, dt in COLUMNS.items():
             col = np.ascontiguousarray(np.asarray(getattr(self, name)), dtype=None)
@@ -101,19 +111,21 @@ class Trace:
 
     @classmethod
     def from_records(cls, records, meta: dict | None = None) -> Trace:
-        """Build from an iterable of (kind, addr, size, pid, icount) tuples (tests, examples)."""
-        rows = list(records)
+        """Build from an iterable of (kind, addr, size, pid, icount[, repeat]) tuples
+        (tests, examples)."""
+        rows = [tuple(r) if len(r) == 6 else (*r, 1) for r in records]
         if not rows:
             return cls.empty(meta)
         cols = list(zip(*rows))
-        if len(cols) != 5:
-            raise ValueError("each record must be (kind, addr, size, pid, icount)")
+        if len(cols) != 6 or any(len(r) != 6 for r in rows):
+            raise ValueError("each record must be (kind, addr, size, pid, icount[, repeat])")
         return cls(
             kind=np.array(cols[0], np.uint8),
             addr=np.array(cols[1], np.uint64),
             size=np.array(cols[2], np.uint64),
             pid=np.array(cols[3], np.int64),
             icount=np.array(cols[4], np.uint32),
+            repeat=np.array(cols[5], np.uint32),
             meta=dict(meta or {}),
         )
 
@@ -145,3 +157,8 @@ class Trace:
     @property
     def instructions(self) -> int:
         return int(self.icount.sum(dtype=np.uint64))
+
+    @property
+    def accesses(self) -> int:
+        """Memory accesses the records stand for (repeat counts of access records)."""
+        return int(self.repeat[self.kind <= Kind.MODIFY].sum(dtype=np.uint64))
