@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps
+.PHONY: demo test lint bench clean sysdeps tool
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,10 +21,16 @@ sysdeps:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind gcc >/dev/null; \
 	    else echo "note: install valgrind and gcc (apt-get install valgrind gcc) for capture"; fi; }
 
-demo: $(STAMP)
+# memvirt's Valgrind capture tool (src/memvirt/trace/mvtrace/), built into the user cache
+# (memvirt capture would build it on first use too; without gcc or valgrind it says what is
+# missing, and the capture tests are skipped).
+tool: $(STAMP) sysdeps
+	-@$(BIN)/python -c "from memvirt.trace.mvtool import tool_dir; print('mvtrace tool:', tool_dir())"
+
+demo: $(STAMP) tool
 	$(BIN)/memvirt demo --out demo-out
 
-test: $(STAMP) sysdeps
+test: $(STAMP) sysdeps tool
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 

@@ -9,17 +9,27 @@ from contextlib import nullcontext
 from ..errors import MemvirtError
 
 NAME = "capture"
-HELP = "run a program (and its children) under Valgrind Lackey and write a memvirt trace"
+HELP = "run a program (and its children) under Valgrind and write a memvirt trace"
 
 
 def add_arguments(p) -> None:
-    from ..trace.capture import DEFAULT_SLICE
+    from ..trace.capture import DEFAULT_SLICE, DEFAULT_SYNC
 
     p.add_argument("-o", "--output", required=True, metavar="OUT.parquet",
                    help="the memvirt trace file to write")
     p.add_argument("--slice", type=int, default=DEFAULT_SLICE, metavar="N",
                    help="time slice of the one-vCPU scheduler that merges processes, in "
                    f"instructions (default {DEFAULT_SLICE:,})")
+    p.add_argument("--backend", choices=("mvtrace", "lackey"), default="mvtrace",
+                   help="mvtrace: memvirt's Valgrind tool (binary, fast; default); lackey: "
+                   "Valgrind's Lackey (text, slow, the reference)")
+    p.add_argument("--collapse", choices=("page", "none"), default="page",
+                   help="page: fold consecutive accesses to one page into one record with a "
+                   "repeat count (lossless for memvirt's TLB model; default); none: one record "
+                   "per access (for cache studies)")
+    p.add_argument("--sync", type=int, default=DEFAULT_SYNC, metavar="G",
+                   help="sync-point interval in instructions: time slices and sampling "
+                   f"periods end only at sync points (default {DEFAULT_SYNC:,})")
     p.add_argument("--allow-failure", action="store_true",
                    help="write the trace even when the command exits non-zero")
     p.add_argument("--output-log", metavar="FILE",
@@ -44,8 +54,10 @@ def _display(quiet: bool):
 
     def update(d: dict) -> None:
         state = "waiting for valgrind" if d.get("waiting") else "converting"
+        rate = d["instructions"] / d["elapsed"] / 1e6 if d.get("elapsed") else 0.0
         prog.update(task, description=(
-            f"capture: {d['records']:,} records, {d['instructions']:,} instructions, "
+            f"capture: {d['instructions']:,} instructions ({rate:.1f} M/s), "
+            f"{d['records']:,} records, "
             f"{d['processes']} process{'es' if d['processes'] != 1 else ''} ({state})"))
 
     return prog, update
@@ -63,7 +75,8 @@ def run(args) -> int:
     try:
         with prog if prog is not None else nullcontext():
             res = capture(cmd, args.output, slice_instructions=args.slice, progress=update,
-                          allow_failure=args.allow_failure, output_log=args.output_log)
+                          allow_failure=args.allow_failure, output_log=args.output_log,
+                          backend=args.backend, collapse=args.collapse, sync=args.sync)
     except CaptureFailed as e:
         if e.tail:
             print("--- last lines of the command's output ---", file=sys.stderr)

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
+from ..fileio import check_output_path
 from .lackey import MARK_WAIT, LackeyParser
 from .parquet import TraceStats, TraceWriter
 from .records import Kind, Trace
@@ -70,6 +71,7 @@ TAIL_LINES = 20
 _ACTION_LUT = np.zeros(256, dtype=bool)
 _ACTION_LUT[[int(Kind.FORK), int(Kind.EXIT), MARK_WAIT]] = True
 _LOG_RE = re.compile(r"lackey\.(\d+)(?:\.(\d+))?$")
+_STREAM_RE = re.compile(r"mvtrace\.(\d+)\.(\d+)$")
 
 
 class CaptureFailed(TraceError):
@@ -126,12 +128,14 @@ STREAM_END = object()  # no more data for this process
 
 
 class ProcStream:
-    """The Lackey text of one process: its log files in order, read as they grow."""
+    """The log (Lackey text) or stream (mvtrace) files of one process, in order, read as
+    they grow."""
 
     def __init__(self, pid: int, files: list[Path], live: Callable[[int], bool] | None,
                  rescan: Callable[[], None] | None = None, read_bytes: int = READ_BYTES,
-                 release: bool = False):
+                 release: bool = False, binary: bool = False):
         self.pid = pid
+        self.binary = binary  # mvtrace streams: hand out bytes as they come, not lines
         self.files = files  # appended to by the watcher
         self._live = live
         self._rescan = rescan
@@ -155,6 +159,8 @@ class ProcStream:
         return False
 
     def _lines(self, data: bytes):
+        if self.binary:
+            return data
         if self._carry:
             data = self._carry + data
         cut = data.rfind(b"\n")
@@ -220,11 +226,14 @@ class ProcStream:
 
 
 class LogWatcher:
-    """Watch Valgrind's log directory; rename each new ``lackey.PID[.N]`` file into
-    ``DIR/streams/`` at once and index it by pid (in creation order)."""
+    """Watch Valgrind's log directory; rename each new ``lackey.PID[.N]`` (or
+    ``mvtrace.PID.SEQ``) file into ``DIR/streams/`` at once and index it by pid (in creation
+    order)."""
 
-    def __init__(self, directory: Path, interval: float = POLL_SECONDS):
+    def __init__(self, directory: Path, interval: float = POLL_SECONDS, binary: bool = False):
         self.dir = Path(directory)
+        self.binary = binary
+        self._pattern = _STREAM_RE if binary else _LOG_RE
         self.streams_dir = self.dir / "streams"
         self.streams_dir.mkdir(exist_ok=True)
         self.interval = interval
@@ -259,11 +268,12 @@ class LogWatcher:
                 return
             found = []
             for name in entries:
-                m = _LOG_RE.match(name)
+                m = self._pattern.match(name)
                 if m:
-                    found.append((-int(m.group(2) or 0), name, int(m.group(1))))
-            # two logs of one pid in one scan: a fork child's log (.N, N > 1) was there
-            # before the log of its exec'd image (.1)
+                    n = int(m.group(2) or 0)
+                    found.append((n if self.binary else -n, name, int(m.group(1))))
+            # two logs of one pid in one scan: Lackey's fork child's log (.N, N > 1) was
+            # there before the log of its exec'd image (.1); mvtrace numbers images in order
             for _, name, pid in sorted(found):
                 self._seq += 1
                 dest = self.streams_dir / f"{self._seq:06d}.{pid}.log"
@@ -279,7 +289,8 @@ class LogWatcher:
     def stream(self, pid: int) -> ProcStream:
         with self._lock:
             files = self.files.setdefault(pid, [])
-        return ProcStream(pid, files, live=pid_alive, rescan=self.scan, release=True)
+        return ProcStream(pid, files, live=pid_alive, rescan=self.scan, release=True,
+                          binary=self.binary)
 
     def pids(self) -> list[int]:
         with self._lock:
@@ -287,13 +298,15 @@ class LogWatcher:
 
 
 class StaticLogs:
-    """Finished Lackey logs: ``{pid: [file, ...]}`` (files of one pid in exec order)."""
+    """Finished Lackey logs or mvtrace streams: ``{pid: [file, ...]}`` (files of one pid in
+    exec order)."""
 
-    def __init__(self, files: dict[int, Sequence[Path]]):
+    def __init__(self, files: dict[int, Sequence[Path]], binary: bool = False):
         self.files = {int(p): [Path(f) for f in fs] for p, fs in files.items()}
+        self.binary = binary
 
     def stream(self, pid: int) -> ProcStream:
-        return ProcStream(pid, list(self.files.get(pid, [])), live=None)
+        return ProcStream(pid, list(self.files.get(pid, [])), live=None, binary=self.binary)
 
     def pids(self) -> list[int]:
         return list(self.files)
@@ -324,6 +337,9 @@ class _Proc:
     off: int = 0
     cum: np.ndarray | None = None  # cumulative icount of buf
     actions: np.ndarray | None = None  # indices of FORK/EXIT/WAIT records in buf
+    syncs: np.ndarray | None = None  # indices of sync-point records in buf (sync > 1)
+    instr: int = 0  # instructions of the process before buf
+    image_start: int = 0  # ... at the start of its current image (its last EXEC)
     state: str = "ready"  # ready | blocked | done
     waiting: int | None = None
     children: set[int] = field(default_factory=set)
@@ -339,10 +355,15 @@ class Scheduler:
     """Merge per-process Lackey streams into one timeline (see the module docstring)."""
 
     def __init__(self, logs, initial_pid: int, slice_instructions: int = DEFAULT_SLICE,
-                 idle: Callable[[], None] | None = None, poll: float = POLL_SECONDS):
+                 idle: Callable[[], None] | None = None, poll: float = POLL_SECONDS,
+                 parser: Callable[[int], object] | None = None, sync: int = 1):
         if slice_instructions <= 0:
             raise TraceError(f"the time slice must be a positive number of instructions, "
                              f"not {slice_instructions}")
+        if sync < 1:
+            raise TraceError(f"the sync interval must be at least 1, not {sync}")
+        self.parser = parser or (lambda pid: LackeyParser(f"pid {pid}", pid=pid, markers=True))
+        self.sync = int(sync)
         self.logs = logs
         self.initial_pid = int(initial_pid)
         self.slice = int(slice_instructions)
@@ -355,8 +376,7 @@ class Scheduler:
         self.waiting_for_data = False
 
     def _new_proc(self, pid: int, parent: int | None) -> _Proc:
-        p = _Proc(pid, parent, self.logs.stream(pid), LackeyParser(f"pid {pid}", pid=pid,
-                                                                    markers=True))
+        p = _Proc(pid, parent, self.logs.stream(pid), self.parser(pid))
         self.procs[pid] = p
         self.ready.append(pid)
         return p
@@ -389,12 +409,30 @@ class Scheduler:
                 self._set_buf(p, piece)
         return True
 
-    @staticmethod
-    def _set_buf(p: _Proc, piece: Trace) -> None:
+    def _set_buf(self, p: _Proc, piece: Trace) -> None:
+        if p.buf is not None:
+            p.instr += int(p.cum[-1]) if len(p.cum) else 0
         p.buf = piece
         p.off = 0
         p.cum = np.cumsum(piece.icount, dtype=np.int64)
         p.actions = np.flatnonzero(_ACTION_LUT[piece.kind])
+        if self.sync > 1:
+            # Sync points (docs/mvtrace-format.md): the fetch of every instruction whose index
+            # in its process image is a multiple of G; an image starts at its EXEC record.
+            before = p.instr + p.cum - piece.icount
+            start = np.full(len(piece), p.image_start, np.int64)
+            ex = np.flatnonzero(piece.kind == Kind.EXEC)
+            ex = ex[ex + 1 < len(piece)]
+            start[ex + 1] = before[ex]
+            start = np.maximum.accumulate(start)
+            img = before - start
+            p.syncs = np.flatnonzero((piece.kind == Kind.IFETCH) & (img > 0)
+                                     & (img % self.sync == 0))
+            last = np.flatnonzero(piece.kind == Kind.EXEC)
+            if len(last) and last[-1] == len(piece) - 1:
+                p.image_start = int(before[-1])
+            else:
+                p.image_start = int(start[-1])
 
     def _take(self, p: _Proc, budget: int):
         """Records of ``p`` up to the end of its slice or its next FORK/EXIT/WAIT.
@@ -406,6 +444,10 @@ class Scheduler:
         # exceeds the budget: the fetch of the next instruction, so that the data accesses
         # of the slice's last instruction stay in the slice
         stop = int(np.searchsorted(p.cum, before + budget, side="right"))
+        if self.sync > 1 and stop < n:
+            # ... and only at a sync point, where every collapsed run was closed
+            i = int(np.searchsorted(p.syncs, max(stop, off)))
+            stop = int(p.syncs[i]) if i < len(p.syncs) else n
         slice_over = stop < n
         a = int(np.searchsorted(p.actions, off))
         action = -1
@@ -592,26 +634,65 @@ class CaptureResult:
     output_tail: list[str]
 
 
+BACKENDS = ("mvtrace", "lackey")
+DEFAULT_SYNC = 8192
+
+
+def _backend_command(backend: str, tmp: Path, cmd: list[str], collapse: str, sync: int,
+                     version: str) -> tuple[list[str], dict | None]:
+    """argv and environment of the valgrind run of ``backend``."""
+    if backend == "mvtrace":
+        from .mvtool import valgrind_command
+
+        return valgrind_command(tmp, cmd, collapse=collapse, sync=sync)
+    template = "lackey.%p.%n" if _version_tuple(version) >= (3, 15) else "lackey.%p"
+    argv = [find_valgrind(), "--tool=lackey", "--trace-mem=yes", "--trace-syscalls=yes",
+            "--trace-children=yes", f"--log-file={tmp / template}", *cmd]
+    # Run Lackey from mvtrace's private VALGRIND_LIB when the tool can be had: the folder
+    # changes Valgrind's start-up slightly, so both backends then see the same program run.
+    from .mvtool import tool_dir
+
+    try:
+        env = dict(os.environ, VALGRIND_LIB=str(tool_dir() / "lib"))
+    except TraceError:
+        env = None
+    return argv, env
+
+
 def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
             progress: Callable[[dict], None] | None = None, allow_failure: bool = False,
-            output_log=None, workdir=None) -> CaptureResult:
-    """Run ``cmd`` under Valgrind Lackey and write the merged trace to ``out`` (Parquet).
+            output_log=None, workdir=None, backend: str = "mvtrace", collapse: str = "page",
+            sync: int = DEFAULT_SYNC, extra_meta: dict | None = None) -> CaptureResult:
+    """Run ``cmd`` under Valgrind and write the merged trace to ``out`` (Parquet).
 
-    ``progress`` is called now and then with a dict (records, instructions, processes,
-    running, elapsed).  A non-zero exit status raises ``CaptureFailed`` (no trace written)
-    unless ``allow_failure``.  The command's stdout and stderr go to ``output_log`` (default:
-    a temporary file, whose last lines are reported on failure)."""
+    ``backend``: ``mvtrace`` (memvirt's own tool: binary, collapsed unless ``collapse`` is
+    ``none``) or ``lackey`` (Valgrind's Lackey, text: the slow reference).  ``sync``: the
+    sync-point interval G in instructions (time slices and sampling periods end only at sync
+    points, so collapsed and full captures simulate identically).  ``progress`` is called now
+    and then with a dict (records, instructions, processes, running, elapsed).  A non-zero
+    exit status raises ``CaptureFailed`` (no trace written) unless ``allow_failure``.  The
+    command's stdout and stderr go to ``output_log`` (default: a temporary file, whose last
+    lines are reported on failure)."""
     cmd = [str(c) for c in cmd]
     if not cmd:
         raise TraceError("capture needs a command to run (memvirt capture -o OUT -- CMD ...)")
     if slice_instructions <= 0:
         raise TraceError(f"--slice must be a positive number of instructions, "
                          f"not {slice_instructions}")
+    if backend not in BACKENDS:
+        raise TraceError(f"unknown capture backend '{backend}'; expected one of "
+                         f"{', '.join(BACKENDS)}")
+    if collapse not in ("page", "none"):
+        raise TraceError(f"--collapse must be 'page' or 'none', not {collapse!r}")
+    if backend == "lackey" and collapse != "none":
+        collapse = "none"  # Lackey writes every access
+    if not 1 <= sync < 2**31:
+        raise TraceError(f"--sync must be between 1 and 2^31-1 instructions, not {sync}")
     exe = find_valgrind()
     version = valgrind_version(exe)
-    template = "lackey.%p.%n" if _version_tuple(version) >= (3, 15) else "lackey.%p"
-    tmp = Path(tempfile.mkdtemp(prefix="memvirt-capture-", dir=workdir))
     out = Path(out)
+    check_output_path(out, what="trace file")
+    tmp = Path(tempfile.mkdtemp(prefix="memvirt-capture-", dir=workdir))
     started = time.monotonic()
     from .. import __version__
 
@@ -620,23 +701,40 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
         "command": shlex.join(cmd),
         "capture_date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "tools": {"valgrind": version, "memvirt": __version__},
+        "backend": backend,
+        "collapse": collapse,
+        "sync_instructions": int(sync),
         "slice_instructions": int(slice_instructions),
-        "scheduler": "one vCPU, round robin, wait4 blocks until the child exits",
+        "scheduler": "one vCPU, round robin at sync points, wait4 blocks until the child exits",
+        **(extra_meta or {}),
     }
+    binary = backend == "mvtrace"
+    parsers: dict[int, object] = {}
+
+    def make_parser(pid: int):
+        if binary:
+            from .mvparse import MvtraceParser
+
+            parsers[pid] = MvtraceParser(f"pid {pid}", pid, markers=True)
+        else:
+            parsers[pid] = LackeyParser(f"pid {pid}", pid=pid, markers=True)
+        return parsers[pid]
+
     out_path = Path(output_log) if output_log else tmp / "output.txt"
-    watcher = LogWatcher(tmp).start()
     proc = None
+    watcher = None
     try:
+        argv, env = _backend_command(backend, tmp, cmd, collapse, sync, version)
+        if binary:
+            meta["tools"]["mvtrace"] = _tool_version()
+        watcher = LogWatcher(tmp, binary=binary).start()
         with open(out_path, "wb") as out_fh:
             try:
-                proc = subprocess.Popen(
-                    [exe, "--tool=lackey", "--trace-mem=yes", "--trace-syscalls=yes",
-                     "--trace-children=yes", f"--log-file={tmp / template}", *cmd],
-                    stdout=out_fh, stderr=subprocess.STDOUT, start_new_session=True,
-                )
+                proc = subprocess.Popen(argv, stdout=out_fh, stderr=subprocess.STDOUT,
+                                        start_new_session=True, env=env)
             except OSError as e:
                 raise TraceError(f"cannot run valgrind: {e}") from None
-        stats = TraceStats()
+        stats = TraceStats(footprint=False)
         last_report = [0.0]
         sched_ref: list[Scheduler] = []
 
@@ -649,13 +747,15 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
             progress({
                 "records": stats.records,
                 "instructions": stats.instructions,
+                "accesses": int(stats.accesses.sum()),
                 "processes": len(s.procs) if s else 0,
                 "running": s.running if s else None,
                 "elapsed": now - started,
                 "waiting": bool(s and s.waiting_for_data),
             })
 
-        sched = Scheduler(watcher, proc.pid, slice_instructions, idle=report)
+        sched = Scheduler(watcher, proc.pid, slice_instructions, idle=report, parser=make_parser,
+                          sync=sync)
         sched_ref.append(sched)
         with TraceWriter(out, meta) as writer:
             for piece in sched.run():
@@ -669,8 +769,13 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
                 raise CaptureFailed(
                     f"the command exited with status {status}{shown} (no trace written)",
                     status, tail)
+            if not writer.stats.records:
+                shown = f": {tail[-1]}" if tail else ""
+                raise CaptureFailed(f"the command left no trace{shown} (no trace written)",
+                                    status, tail)
             writer.meta["exit_status"] = status
             writer.meta["switches"] = sched.switches
+            writer.meta.update(_process_info(parsers))
         report(force=True)
         return CaptureResult(out, status, writer.stats.records, writer.stats.instructions,
                              len(writer.stats.pids), sched.switches, dict(writer.meta), tail)
@@ -681,10 +786,42 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
             proc.wait()
         raise
     finally:
-        watcher.stop()
+        if watcher is not None:
+            watcher.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["DEFAULT_SLICE", "CaptureFailed", "CaptureResult", "LogWatcher", "ProcStream",
+def _tool_version() -> str:
+    from .mvtool import TOOL_VERSION
+
+    return TOOL_VERSION
+
+
+def _process_info(parsers: dict) -> dict:
+    """What the parsers learned beyond the records: cut-short streams, threads, the initial
+    address space, exec'd paths (mvtrace only)."""
+    info: dict = {}
+    truncated = sorted(pid for pid, p in parsers.items() if getattr(p, "truncated", False))
+    info["truncated"] = bool(truncated)
+    if truncated:
+        info["truncated_pids"] = truncated
+    if any(hasattr(p, "threads") and isinstance(p.threads, set) for p in parsers.values()):
+        info["threads"] = {str(pid): max(1, len(p.threads)) for pid, p in sorted(parsers.items())
+                           if isinstance(getattr(p, "threads", None), set)}
+        first = next(iter(parsers.values()))
+        maps = getattr(first, "initial_maps", None)
+        if maps:
+            info["initial_address_space"] = [
+                {"start": a, "length": n, "prot": "".join(c for c, b in zip("rwx", (1, 2, 4))
+                                                            if pr & b) or "-",
+                 "kind": {0: "anonymous", 1: "file"}.get(k, "other")}
+                for a, n, pr, k in maps]
+        paths = [x for p in parsers.values() for x in getattr(p, "exec_paths", [])]
+        if paths:
+            info["exec_paths"] = paths[:100]
+    return info
+
+
+__all__ = ["BACKENDS", "DEFAULT_SLICE", "DEFAULT_SYNC", "CaptureFailed", "CaptureResult", "LogWatcher", "ProcStream",
            "Scheduler", "StaticLogs", "capture", "find_valgrind", "merge_lackey_logs",
            "valgrind_version"]

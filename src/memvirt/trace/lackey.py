@@ -18,22 +18,10 @@ line carried over).  Everything else is rare and handled in Python:
 * ``SYSCALL[pid,tid](nr) name ( args ) ...`` lines (``--trace-syscalls=yes``), including
   the forms whose result comes later: ``--> [async] ...`` then ``SYSCALL[pid,tid](nr) ...
   [async] --> Success(..)``, and a note line (``clone(fork): process P created child C``)
-  followed by a continuation line `` --> [pre-success] Success(0x..)``.  Events:
-
-  ====================  ===========================================================
-  syscall               records (failed syscalls give none)
-  ====================  ===========================================================
-  mmap, mmap2           MMAP addr = returned address, size = length
-  munmap                MUNMAP addr, size = length
-  brk                   BRK addr = the returned (new) break
-  mremap                moved: MUNMAP(old, old size) + MMAP(new, new size); in place:
-                        MUNMAP of the dropped tail or MMAP of the added tail
-  fork, vfork, clone    FORK addr = child pid (the return value); a clone with
-                        CLONE_THREAD creates a thread, not a process: no record
-  execve, execveat      EXEC (when the process image was replaced: the log of the old
-                        image ends with the execve line, or a banner follows it)
-  exit_group            EXIT; ``exit`` gives EXIT when the last thread exits
-  ====================  ===========================================================
+  followed by a continuation line `` --> [pre-success] Success(0x..)``.  They become
+  records as ``trace/syscalls.py`` says (shared with the mvtrace reader); an execve counts
+  once the process image was replaced (the log of the old image ends with the execve line,
+  or a banner follows it).
 
 Any other line is malformed: ``TraceError`` names the file, the line number and the text.
 """
@@ -50,16 +38,10 @@ from numba import njit
 from ..errors import TraceError
 from .base import DEFAULT_CHUNK, register_reader
 from .records import Kind, Trace
+from .syscalls import EXECS, MARK_WAIT, SyscallModel
 
 BLOCK_BYTES = 4 << 20
 
-#: Internal marker kind (only with ``markers=True``, used by ``capture``'s scheduler):
-#: the process entered wait4/waitid.  addr = the awaited pid as int64 (-1 = any child),
-#: size bit 0 = WNOHANG.
-MARK_WAIT = 200
-
-_CLONE_THREAD = 0x10000
-_WNOHANG = 1
 
 _EXPECTED = ("expected 'I  ADDR,SIZE', ' L ADDR,SIZE', ' S ADDR,SIZE', ' M ADDR,SIZE' "
              "(hex address, decimal size), a SYSCALL line or a '==PID==' banner")
@@ -192,9 +174,20 @@ def _hexnum(text: str) -> int:
     return int(t[2:] if t[:2] in ("0x", "0X") else t, 16)
 
 
-def _signed32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - (1 << 32) if v >= (1 << 31) else v
+class _Args:
+    """A call's argument texts, converted to int when read (clone's flags are printed in
+    hex without 0x)."""
+
+    def __init__(self, call: str, texts: list[str]):
+        self.call = call
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> int:
+        t = self.texts[i]
+        return _hexnum(t) if i == 0 and self.call in ("clone", "clone2") else _num(t)
 
 
 def _split_call(text: str) -> tuple[str, list[str], str | None]:
@@ -219,10 +212,9 @@ class LackeyParser:
         self.pid_fixed = pid is not None
         self.markers = markers
         self.lines = 0  # lines consumed so far
-        self.threads = 1
+        self.model = SyscallModel(markers)
         self._pending_async: dict[int, tuple[str, list[str]]] = {}
         self._pending_inline: tuple[str, list[str], int] | None = None
-        self._exited = False
 
     # -- the event list of one block: (record position, kind, addr, size, pid)
     def _ev(self, evs, pos, kind, addr=0, size=0):
@@ -237,9 +229,9 @@ class LackeyParser:
         the process image was replaced (the new image's banners follow)."""
         p = self._pending_inline
         self._pending_inline = None
-        if p is not None and p[0].removeprefix("sys_") in ("execve", "execveat"):
-            self._ev(evs, pos, Kind.EXEC)
-            self.threads = 1
+        if p is not None and p[0].removeprefix("sys_") in EXECS:
+            for kind, addr, size in self.model.replaced():
+                self._ev(evs, pos, kind, addr, size)
 
     def _syscall_done(self, evs, pos, name: str, args: list[str], result: str, lineno: int):
         m = _RESULT_RE.search(result)
@@ -247,37 +239,11 @@ class LackeyParser:
             return  # e.g. a result we cannot read: no event
         if m.group(1) != "Success":
             return
-        value = _num(m.group(2))
         call = name.removeprefix("sys_")
         try:
-            if call in ("mmap", "mmap2"):
-                self._ev(evs, pos, Kind.MMAP, value, _num(args[1]))
-            elif call == "munmap":
-                self._ev(evs, pos, Kind.MUNMAP, _num(args[0]), _num(args[1]))
-            elif call == "brk":
-                self._ev(evs, pos, Kind.BRK, value)
-            elif call == "mremap":
-                old, old_size, new_size = _num(args[0]), _num(args[1]), _num(args[2])
-                if value != old:
-                    self._ev(evs, pos, Kind.MUNMAP, old, old_size)
-                    self._ev(evs, pos, Kind.MMAP, value, new_size)
-                elif new_size < old_size:
-                    self._ev(evs, pos, Kind.MUNMAP, old + new_size, old_size - new_size)
-                elif new_size > old_size:
-                    self._ev(evs, pos, Kind.MMAP, old + old_size, new_size - old_size)
-            elif call in ("clone", "clone2"):
-                flags = _hexnum(args[0]) if args else 0
-                if flags & _CLONE_THREAD:
-                    self.threads += 1
-                elif value > 0:
-                    self._ev(evs, pos, Kind.FORK, value)
-            elif call in ("fork", "vfork", "clone3"):
-                if value > 0:
-                    self._ev(evs, pos, Kind.FORK, value)
-            elif call in ("execve", "execveat"):
-                # a successful execve does not return, Valgrind prints no result for it
-                self._ev(evs, pos, Kind.EXEC)
-                self.threads = 1
+            for kind, addr, size in self.model.finished(call, _Args(call, args),
+                                                        _num(m.group(2))):
+                self._ev(evs, pos, kind, addr, size)
         except (IndexError, ValueError):
             self._bad(lineno, f"{name} ( {', '.join(args)} )",
                       f"cannot read the arguments of {name}")
@@ -285,26 +251,11 @@ class LackeyParser:
     def _syscall_start(self, evs, pos, name: str, args: list[str], lineno: int):
         """Effects at the start of a call, whatever its result (exit, wait)."""
         call = name.removeprefix("sys_")
-        if call == "exit_group":
-            self._ev(evs, pos, Kind.EXIT)
-            self._exited = True
-        elif call == "exit":
-            self.threads -= 1
-            if self.threads <= 0:
-                self._ev(evs, pos, Kind.EXIT)
-                self._exited = True
-        elif self.markers and call in ("wait4", "waitpid", "waitid"):
-            try:
-                if call == "waitid":
-                    idtype, ident, options = _num(args[0]), _num(args[1]), _num(args[3])
-                    target = _signed32(ident) if idtype == 1 else -1
-                else:
-                    target, options = _signed32(_num(args[0])), _num(args[2])
-            except (IndexError, ValueError):
-                return
-            if target == 0 or target < -1:
-                target = -1  # process groups: any child
-            self._ev(evs, pos, MARK_WAIT, target, options & _WNOHANG)
+        try:
+            for kind, addr, size in self.model.started(call, _Args(call, args)):
+                self._ev(evs, pos, kind, addr, size)
+        except (IndexError, ValueError):
+            return  # a wait whose arguments cannot be read: no marker
 
     def _syscall_line(self, evs, pos, text: str, lineno: int):
         m = _SYSCALL_RE.match(text)
@@ -359,9 +310,8 @@ class LackeyParser:
             if not self.pid_fixed:
                 self.pid = int(m.group(1))
             if "Process terminating with default action of signal" in m.group(2):
-                if not self._exited:
-                    self._ev(evs, pos, Kind.EXIT)
-                    self._exited = True
+                for kind, addr, size in self.model.killed():
+                    self._ev(evs, pos, kind, addr, size)
             return
         if text.startswith("--") and text[2:3].isdigit():
             return  # --PID-- Valgrind message
