@@ -46,12 +46,7 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
     if selective:
         from .policy import make_policy
 
-        spec = policy if policy is not None else cfg.selective.policy
-        if spec == "oracle" and "schedule" not in cfg.selective.policy_params:
-            # The oracle needs hindsight: both static runs first, then a replay (a bound).
-            from .policy.oracle import oracle_run
-
-            return oracle_run(trace, cfg)[1]
+        # (the oracle without a schedule needs hindsight: memvirt.policy.oracle.oracle_run)
         pol = make_policy(policy if policy is not None else cfg.selective.policy, cfg)
         start = X.MODES[cfg.selective.start_mode]
     else:
@@ -98,10 +93,14 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
         decisions[-1]["applied"] = False  # the trace ended before the next period began
         decisions[-1]["to"] = decisions[-1]["from"]
         decisions[-1]["reason"] += " (not applied: end of trace)"
+    meta = dict(getattr(src, "meta", {}) or {})
+    if m.records_done == 0:
+        where = (getattr(src, "path", None) or meta.get("path") or meta.get("name")
+                 or meta.get("generator") or "trace")
+        raise TraceError(f"{where}: the trace has no records")
     if int(m.C[K.INSTR]) > state["start"] or not samples or np.any(m.C != prev):
         take_sample()
 
-    meta = dict(getattr(src, "meta", {}) or {})
     res = Result(mode=mode, counters=m.C.copy(), config=cfg.to_dict(), cost=cfg.cost,
                  stlb_enabled=stlb_on, records=m.records_done, trace=_trace_summary(meta),
                  samples=samples)

@@ -20,14 +20,22 @@ from .errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Non-finite floats (inf, nan) are refused everywhere: they would make cycles NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Sane maxima for simulated structures: beyond them the tables would not fit in memory.
+MAX_ENTRIES = 1 << 24
+MAX_WAYS = 64
+MAX_PERIOD = 1 << 62  # instruction counts are int64
 
 
 class CacheGeometry(_Section):
     """A set-associative LRU structure; ``entries = 0`` disables it."""
 
-    entries: int = Field(64, ge=0, description="number of entries (sets x ways); 0 disables")
-    ways: int = Field(4, ge=1, description="associativity")
+    entries: int = Field(64, ge=0, le=MAX_ENTRIES,
+                         description="number of entries (sets x ways); 0 disables")
+    ways: int = Field(4, ge=1, le=MAX_WAYS, description="associativity")
 
     @model_validator(mode="after")
     def _sets_power_of_two(self):
@@ -51,7 +59,7 @@ def _geom(entries: int, ways: int, doc: str):
 class GuestConfig(_Section):
     levels: int = Field(4, description="guest page-table levels: 2 (32-bit), 3 (PAE), 4, 5 (LA57)")
     munmap_flush_ceiling: int = Field(
-        33, ge=0,
+        33, ge=0, le=1 << 31,
         description="pages above which munmap flushes the whole TLB instead of per-page INVLPG "
         "(Linux tlb_single_page_flush_ceiling = 33)",
     )
@@ -87,9 +95,10 @@ class PteCacheConfig(CacheGeometry):
     """Data-cache model for page-table-entry reads made by walks (64-byte lines)."""
 
     entries: int = Field(
-        4096, ge=0, description="64-byte lines; 4096 = 256 KiB, Nehalem's L2; 0 disables"
+        4096, ge=0, le=MAX_ENTRIES,
+        description="64-byte lines; 4096 = 256 KiB, Nehalem's L2; 0 disables"
     )
-    ways: int = Field(8, ge=1, description="associativity (Nehalem L2: 8-way)")
+    ways: int = Field(8, ge=1, le=MAX_WAYS, description="associativity (Nehalem L2: 8-way)")
 
 
 class HardwareConfig(_Section):
@@ -117,7 +126,7 @@ class VmmConfig(_Section):
         True, description="Xen Shadow 3: leaf shadow pages go out of sync; writes to them stop "
         "trapping until the next CR3 load (on by default in Xen 3.3)"
     )
-    oos_pages: int = Field(3, ge=1, description="out-of-sync pages at once (Xen SHADOW_OOS_PAGES)")
+    oos_pages: int = Field(3, ge=1, le=4096, description="out-of-sync pages at once (Xen SHADOW_OOS_PAGES)")
     shadow_prefetch: int = Field(
         32, ge=0, le=512, description="guest entries after the faulting one that a hidden fault "
         "also shadows, stopping at the end of the leaf table or at an entry already shadowed "
@@ -194,7 +203,7 @@ class CostConfig(_Section):
 
 class SelectiveConfig(_Section):
     period_instructions: int = Field(
-        10_000_000, ge=1000,
+        10_000_000, ge=1000, le=MAX_PERIOD,
         description="sampling period in retired instructions.  The study sampled every 5 s "
         "(~10^10 instructions); traces of 10^8-10^10 instructions need a shorter period to give "
         "10-1000 samples, while one period must still amortise a shadow refill: 10^7.")
@@ -263,9 +272,16 @@ def load_profile_dict(name: str) -> dict:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a TOML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a TOML config file: not UTF-8 text (byte {e.start} "
+                          f"is 0x{e.object[e.start]:02x})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 

@@ -1,8 +1,12 @@
-"""Shared CLI helpers: config options and trace arguments."""
+"""Shared CLI helpers: config options, trace arguments, signals."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 
 from ..config import Config
 from ..errors import MemvirtError
@@ -37,3 +41,28 @@ def resolve_trace(spec: str):
         tr.meta.setdefault("name", parts[1])
         return tr
     return spec
+
+
+def check_workers(n: int | None, option: str = "--workers") -> None:
+    """``--workers N`` must be at least 1 (leave it out for every core)."""
+    if n is not None and n < 1:
+        raise MemvirtError(f"{option} must be at least 1, got {n} (leave it out to use every "
+                           "core)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM stops the command like Ctrl-C (KeyboardInterrupt), so
+    that worker processes are stopped and the exit status is non-zero (130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 NAME = "calibrate"
@@ -37,7 +36,10 @@ def run(args) -> int:
     from ..config import Config
     from ..errors import MemvirtError
     from ..experiments import calibrate as cal
+    from ..fileio import atomic_write_text, check_output_path, dumps_json
 
+    if args.json and args.json != "-":
+        check_output_path(args.json, what="JSON output")  # before measuring
     profile = args.profile or (None if args.config else DEFAULT_PROFILE)
     cfg = Config.load(args.config, overrides=args.overrides, profile=profile)
     events = [e.strip() for e in args.events.split(",") if e.strip()]
@@ -59,12 +61,11 @@ def run(args) -> int:
                                                for f, m in rows] for lv, rows in sweep.items()},
     }
     if args.json:
-        text = json.dumps(data, indent=2)
+        text = dumps_json(data, what="the measurements", indent=2)
         if args.json == "-":
             sys.stdout.write(text + "\n")
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            atomic_write_text(args.json, text + "\n", "JSON output")
     if args.json != "-":
         con = Console()
         title = f"memvirt calibrate: {profile or args.config or 'defaults'}"

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import MemvirtError
-from ._common import add_config_args, config_from_args
+from ._common import add_config_args, check_workers, config_from_args, sigterm_as_interrupt
 
 NAME = "compare"
 HELP = "simulate traces under native, shadow, nested and selective paging and compare them"
@@ -82,13 +82,26 @@ def finish(comp, out: str | None, quiet: bool) -> Path | None:
     return report
 
 
+def check_out(out: str | None) -> None:
+    """The output folder of compare/demo, checked before any simulation: writable, and not
+    a folder holding a sweep's results."""
+    if out:
+        from ..fileio import check_folder_kind, check_output_path
+        from ..report.compare import FOLDER_KIND
+
+        check_output_path(out, is_dir=True, what="results folder")
+        check_folder_kind(out, FOLDER_KIND)
+
+
 def run(args) -> int:
     from ..report.compare import compare
 
-    if args.workers is not None and args.workers < 1:
-        raise MemvirtError("--workers must be at least 1")
+    check_workers(args.workers)
+    modes = parse_modes(args.modes)
+    check_out(args.out)
     cfg = config_from_args(args)
-    comp = compare(args.traces, modes=parse_modes(args.modes), policy=args.policy, config=cfg,
-                   workers=args.workers, progress=not args.quiet, command=command_line())
+    with sigterm_as_interrupt():
+        comp = compare(args.traces, modes=modes, policy=args.policy, config=cfg,
+                       workers=args.workers, progress=not args.quiet, command=command_line())
     finish(comp, args.out, args.quiet)
     return 0

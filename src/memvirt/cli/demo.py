@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ..errors import MemvirtError
-from ._common import add_config_args, config_from_args
+from ._common import add_config_args, check_workers, config_from_args, sigterm_as_interrupt
 
 NAME = "demo"
 HELP = ("synthesize the built-in workloads, compare native/shadow/nested/selective paging, "
@@ -49,12 +49,12 @@ def demo_config(args):
 def run(args) -> int:
     from ..report.compare import ALL_MODES, compare
     from ..trace.synth.suite import default_suite
-    from .compare import command_line, finish
+    from .compare import check_out, command_line, finish
 
     if not args.scale > 0:
         raise MemvirtError(f"--scale must be > 0, got {args.scale}")
-    if args.workers is not None and args.workers < 1:
-        raise MemvirtError("--workers must be at least 1")
+    check_workers(args.workers)
+    check_out(args.out)
     t0 = time.perf_counter()
     cfg = demo_config(args)
     suite = default_suite(args.scale)
@@ -63,10 +63,11 @@ def run(args) -> int:
               f"{len(ALL_MODES)} modes, scale {args.scale:g}, selective policy {args.policy}, "
               f"sampling period {cfg.selective.period_instructions:,} instructions "
               "(a first run also compiles the simulator: allow a minute more)")
-    comp = compare({name: {"generator": e["generator"], "params": e["params"]}
-                    for name, e in suite.items()},
-                   modes=ALL_MODES, policy=args.policy, config=cfg, workers=args.workers,
-                   progress=not args.quiet, command=command_line())
+    with sigterm_as_interrupt():
+        comp = compare({name: {"generator": e["generator"], "params": e["params"]}
+                        for name, e in suite.items()},
+                       modes=ALL_MODES, policy=args.policy, config=cfg, workers=args.workers,
+                       progress=not args.quiet, command=command_line())
     for t in comp.meta["traces"]:
         t["description"] = suite.get(t["name"], {}).get("description", "")
     report = finish(comp, args.out, args.quiet)

@@ -43,12 +43,16 @@ def run(args) -> int:
 
     from ..errors import MemvirtError
     from ..experiments import vee11
+    from ..fileio import check_output_path
+    from ._common import check_workers, sigterm_as_interrupt
 
     if not args.scale > 0:
         raise MemvirtError(f"--scale must be positive, got {args.scale}")
+    check_workers(args.workers)
     con = Console()
     err = Console(stderr=True)
     out = Path(args.out or f"{args.name}-results")
+    check_output_path(out, is_dir=True, what="experiment output folder")  # before the runs
     workers = args.workers or vee11.default_workers()
     only = [w.strip() for w in args.only.split(",")] if args.only else None
 
@@ -56,9 +60,10 @@ def run(args) -> int:
         if not args.quiet:
             err.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
 
-    res = vee11.run(out, scale=args.scale, quick=args.quick, real=args.real,
-                    profile=args.profile, overrides=args.overrides, workers=workers,
-                    workloads=only, log=log)
+    with sigterm_as_interrupt():
+        res = vee11.run(out, scale=args.scale, quick=args.quick, real=args.real,
+                        profile=args.profile, overrides=args.overrides, workers=workers,
+                        workloads=only, log=log)
     if not args.quiet:
         con.print(vee11.table(res, wide=con.width >= 140))
         con.print(vee11.checks_table(res))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import MemvirtError
+
 NAME = "report"
 HELP = "write a self-contained HTML report (and the plots) from a results directory"
 
@@ -19,20 +21,32 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..report.compare import load_results
+    from ..fileio import check_output_path
     from ..report.html import write_report
+    from ..report.load import load_results, results_path
     from ..report.plots import plot_all
     from .compare import status
 
-    data = load_results(args.dir)  # a clear error if DIR holds no results
-    with status("drawing plots and writing the report", args.quiet):
-        if not args.no_png:
-            plot_all(args.dir)
-        out = write_report(args.dir, args.output or Path(args.dir) / "report.html",
-                           plots_dir=None if args.no_png else args.dir)
-    if not args.quiet:
-        from ..report.tables import print_tables
+    src = results_path(args.dir)  # a clear error if DIR holds no results
+    data = load_results(src)  # ... or damaged ones
+    folder = src.parent
+    out = Path(args.output) if args.output else folder / "report.html"
+    check_output_path(out, what="HTML report")
+    if not args.no_png:
+        check_output_path(folder, is_dir=True, what="plots folder")
+    try:
+        with status("drawing plots and writing the report", args.quiet):
+            if not args.no_png:
+                plot_all(data, folder)
+            out = write_report(src, out, plots_dir=None if args.no_png else folder)
+        if not args.quiet:
+            from ..report.tables import print_tables
 
-        print_tables(data)
+            print_tables(data)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as e:
+        # load_results checks the structure; this catches what a hand-edited file can
+        # still get wrong (inconsistent values), instead of a traceback from a plot.
+        raise MemvirtError(f"{src}: damaged or edited results file: cannot draw from it "
+                           f"({type(e).__name__}: {e})") from None
     print(f"report: {out}")
     return 0

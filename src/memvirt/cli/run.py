@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
-from ..api import MODE_CHOICES, simulate
+from ..api import MODE_CHOICES
+from ..errors import MemvirtError
 from ._common import add_config_args, config_from_args, resolve_trace
 
 NAME = "run"
@@ -25,7 +25,18 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..fileio import atomic_write_text, check_output_path, dumps_json
+
+    if args.policy is not None and args.mode != "selective":
+        raise MemvirtError(f"--policy {args.policy} only applies to --mode selective (the "
+                           f"mode is {args.mode})")
+    if args.json and args.json != "-":
+        check_output_path(args.json, what="JSON result")  # before minutes of simulation
     cfg = config_from_args(args)
+    if args.policy is not None:
+        from ..policy import check_policy_name
+
+        check_policy_name(args.policy)
     trace = resolve_trace(args.trace)
     if args.format and isinstance(trace, str):
         from ..trace.base import open_trace
@@ -34,11 +45,10 @@ def run(args) -> int:
     res = _simulate_with_progress(trace, cfg, args)
     d = res.to_dict(samples=not args.no_samples)
     if args.json == "-":
-        json.dump(d, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        sys.stdout.write(dumps_json(d, indent=2) + "\n")
     elif args.json:
-        with open(args.json, "w") as f:
-            json.dump(d, f, indent=2)
+        atomic_write_text(args.json, dumps_json(d, what=f"{args.json}: the result", indent=2)
+                          + "\n", "JSON result")
     if not args.quiet and args.json != "-":
         print_summary(d)
     return 0
@@ -48,8 +58,12 @@ def _simulate_with_progress(trace, cfg, args):
     """simulate() with a progress bar on an interactive terminal (records done)."""
     import sys as _sys
 
+    from ..policy.oracle import needs_oracle_run, oracle_run
+    from ..policy.oracle import simulate_with_oracle as simulate
     from ..trace.base import open_trace
 
+    if needs_oracle_run(args.mode, args.policy, cfg):
+        return oracle_run(trace, cfg)[1]  # three passes over the trace: no progress bar
     src = open_trace(trace)
     if args.quiet or not _sys.stderr.isatty():
         return simulate(src, cfg, args.mode, policy=args.policy)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MemvirtError
+from ._common import check_workers, sigterm_as_interrupt
 
 NAME = "sweep"
 HELP = ("run a parameter sweep from a TOML spec on all local cores or a Dask cluster "
@@ -46,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "or a dotted path into the result JSON) against --x, one line per "
                           "mode; writes a PNG into the out folder")
     p.add_argument("--x", metavar="PARAM", help="the swept parameter for --plot's x axis")
+    p.add_argument("--max-runs", type=int, metavar="N", default=None,
+                   help="refuse specs that expand to more than N runs (default: the spec's "
+                        "max_runs, else 100000)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
 
@@ -53,10 +57,19 @@ def run(args) -> int:
     from ..sweep.runner import default_out
     from ..sweep.spec import load_spec
 
-    spec = load_spec(args.spec)
-    out = Path(args.out) if args.out else default_out(spec)
+    check_workers(args.workers)
+    if args.dask_local is not None:
+        check_workers(args.dask_local, "--dask-local")
+    if args.max_runs is not None and args.max_runs < 1:
+        raise MemvirtError(f"--max-runs must be at least 1, got {args.max_runs}")
     if args.x and not args.plot:
         raise MemvirtError("--x goes with --plot METRIC")
+    if args.scheduler is not None:
+        from ..sweep.backends import check_scheduler_address
+
+        check_scheduler_address(args.scheduler)
+    spec = load_spec(args.spec, max_runs=args.max_runs)
+    out = Path(args.out) if args.out else default_out(spec)
     if args.status:
         return _status(spec, out)
     if args.export:
@@ -76,6 +89,12 @@ def run(args) -> int:
 
 
 def _run(spec, out: Path, args) -> int:
+    # SIGTERM stops the sweep like Ctrl-C: workers stopped, runs in flight back to pending
+    with sigterm_as_interrupt():
+        return _run_sweep(spec, out, args)
+
+
+def _run_sweep(spec, out: Path, args) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -89,11 +108,11 @@ def _run(spec, out: Path, args) -> int:
 
     from ..sweep.runner import run_sweep
 
-    _sigterm_interrupts()
     err = Console(stderr=True)
     log = (lambda s: None) if args.quiet else (lambda s: err.print(f"[dim]{s}[/dim]"))
     kw = dict(workers=args.workers, scheduler=args.scheduler, dask_local=args.dask_local,
-              serial=args.serial, ship=args.ship, retry_failed=args.retry_failed, log=log)
+              serial=args.serial, ship=args.ship, retry_failed=args.retry_failed, log=log,
+              quiet=args.quiet)
     if args.quiet:
         report = run_sweep(spec, out, **kw)
     else:
@@ -128,20 +147,6 @@ def _run(spec, out: Path, args) -> int:
     return 1 if c["failed"] else 0
 
 
-def _sigterm_interrupts() -> None:
-    """SIGTERM stops the sweep like Ctrl-C: workers stopped, runs in flight back to pending."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0] if text else ""
 
@@ -169,12 +174,13 @@ def _status(spec, out: Path) -> int:
 
 
 def _export(spec, out: Path, quiet: bool) -> int:
-    from ..sweep.runner import export_results
+    from ..sweep.runner import check_out, export_results
     from ..sweep.store import STORE_FILE, Store
 
     if not (out / STORE_FILE).exists():
         raise MemvirtError(f"{out}: no sweep results here (run the sweep first)")
-    store = Store(out)
+    check_out(out)
+    store = Store(out, create=False)
     try:
         paths = export_results(store, spec, out)
     finally:
@@ -202,7 +208,8 @@ def plot_sweep(spec, out: str | Path | None, metric: str, x: str, *, echo: bool 
     one line per mode (and per value of the other swept parameters).  Writes
     ``<out>/<metric>-vs-<x>.png``, prints a table (lines x values of ``x``) when ``echo``,
     and returns the PNG path and the table rows."""
-    from ..sweep.runner import default_out, sweep_rows
+    from ..fileio import atomic_path
+    from ..sweep.runner import check_out, default_out, sweep_rows
     from ..sweep.spec import SweepSpec, load_spec
     from ..sweep.store import metric_value
 
@@ -211,6 +218,7 @@ def plot_sweep(spec, out: str | Path | None, metric: str, x: str, *, echo: bool 
     if x not in spec.swept_keys:
         raise MemvirtError(f"--x '{x}' is not a swept parameter of {spec.path or 'the spec'}; "
                            f"swept: {', '.join(spec.swept_keys) or 'none'}")
+    check_out(out)
     rows = sweep_rows(spec, out, status="done")
     if not rows:
         raise MemvirtError(f"{out}: no finished runs to plot yet")
@@ -267,10 +275,12 @@ def plot_sweep(spec, out: str | Path | None, metric: str, x: str, *, echo: bool 
         axes[j // ncol][j % ncol].set_visible(False)
     fig.suptitle(f"{spec.name or 'sweep'}: {metric} vs {x}")
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
     png = out / f"{_slug(metric)}-vs-{_slug(x)}.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_path(png, "plot") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
     if echo:
         from rich.console import Console

@@ -14,6 +14,11 @@ see ``memvirt.result.sample_dict`` for the keys) and the mode the VM is in now::
                 return "shadow", f"FTLB {ftlb:.3g} > {self.params['limit']}"
             return current, "stay"
 
+``samples`` is read-only (``Samples``: each sample a read-only mapping), and whatever
+``decide`` does wrong -- raise, ``sys.exit()``, return something other than a
+``(mode, reason)`` pair -- is a ``PolicyError`` naming the policy: every subclass's
+``decide`` is wrapped when the class is created (``Policy.__init_subclass__``).
+
 Parameters come from ``config.selective.policy_params``; a key the policy does not
 declare in ``defaults`` is a ``ConfigError`` naming it.  ``self.cost`` is the cost model
 (``config.cost``); ``exit_cycles``, ``counters``, ``cycles_of`` help price events.
@@ -21,15 +26,149 @@ declare in ``defaults`` is a ``ConfigError`` naming it.  ``self.cost`` is the co
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import counters as K
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import ConfigError, MemvirtError
 
 MODES = ("shadow", "nested")
+
+
+class PolicyError(ConfigError):
+    """A switching policy that failed: it raised, exited, or returned something other than
+    a ``(mode, reason)`` pair (names the policy)."""
+
+
+def policy_label(obj: Any) -> str:
+    """The name a policy is known by in messages: its ``name``, else ``module:Class``."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    name = getattr(obj, "name", None)
+    if isinstance(name, str) and name and name != "policy":
+        return name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def exception_text(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    if isinstance(e, SyntaxError):
+        return f"SyntaxError: {e.msg} ({e.filename}, line {e.lineno})"
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------- read-only samples
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return MappingProxyType({k: _freeze(x) for k, x in v.items()})
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, np.ndarray):
+        a = v.copy()
+        a.setflags(write=False)
+        return a
+    return v
+
+
+class _FrozenCache:
+    """Read-only copies of samples, made once per sample (``srcs[i]`` is the original)."""
+
+    __slots__ = ("srcs", "frozen")
+
+    def __init__(self) -> None:
+        self.srcs: list[Any] = []
+        self.frozen: list[Any] = []
+
+    def get(self, i: int, src: Any) -> Any:
+        if i < len(self.srcs) and self.srcs[i] is src:
+            return self.frozen[i]
+        while len(self.srcs) <= i:
+            self.srcs.append(None)
+            self.frozen.append(None)
+        self.srcs[i] = src
+        self.frozen[i] = f = _freeze(src)
+        return f
+
+
+class Samples(Sequence):
+    """What ``decide`` gets: a read-only view of the samples so far (each sample a
+    read-only mapping, its lists tuples), so a policy cannot change the run's record."""
+
+    __slots__ = ("_src", "_cache")
+
+    def __init__(self, src: Sequence, cache: _FrozenCache | None = None):
+        self._src = src
+        self._cache = cache if cache is not None else _FrozenCache()
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._src)))]
+        n = len(self._src)
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError("sample index out of range")
+        return self._cache.get(j, self._src[j])
+
+    def __repr__(self) -> str:
+        return f"Samples({len(self)} periods, read-only)"
+
+
+def _samples_view(policy: Any, samples: Any) -> Any:
+    if isinstance(samples, Samples):
+        return samples
+    try:
+        cache = policy.__dict__.get("_mv_samples")
+        if cache is None or cache[0] is not samples:
+            cache = (samples, _FrozenCache())
+            policy.__dict__["_mv_samples"] = cache
+        return Samples(samples, cache[1])
+    except AttributeError:  # no instance dict (__slots__)
+        return Samples(samples)
+
+
+def _guarded(fn):
+    """Wrap a ``decide`` so that a failing or misbehaving policy is a ``PolicyError``
+    naming it, and so that it sees the samples read-only."""
+    if getattr(fn, "_mv_guarded", False):
+        return fn
+
+    @functools.wraps(fn)
+    def decide(self, samples, current):
+        try:
+            out = fn(self, _samples_view(self, samples), current)
+        except MemvirtError:
+            raise
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - user code, contained
+            raise PolicyError(f"policy '{policy_label(self)}': decide() failed: "
+                              f"{exception_text(e)}") from e
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise PolicyError(f"policy '{policy_label(self)}': decide() returned "
+                              f"{_short(out)}; expected a (mode, reason) pair")
+        mode, why = out
+        if mode not in MODES:
+            raise PolicyError(f"policy '{policy_label(self)}' returned mode {mode!r}; "
+                              "expected shadow or nested")
+        return str(mode), str(why)
+
+    decide._mv_guarded = True  # type: ignore[attr-defined]
+    return decide
+
+
+def _short(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def other_mode(mode: str) -> str:
@@ -49,6 +188,11 @@ class Policy:
     name: ClassVar[str] = "policy"
     is_bound: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "decide" in cls.__dict__ and callable(cls.__dict__["decide"]):
+            cls.decide = _guarded(cls.__dict__["decide"])
 
     def __init__(self, config: Config | None = None, **params: Any):
         self.config = config if config is not None else Config()
@@ -116,6 +260,9 @@ class Policy:
         return f"{type(self).__name__}({self.params})"
 
 
+Policy.decide = _guarded(Policy.decide)  # type: ignore[method-assign]
+
+
 def _coerce(policy: str, key: str, value: Any, default: Any) -> Any:
     where = f"policy '{policy}' parameter '{key}' (selective.policy_params.{key})"
     if default is None:
@@ -132,6 +279,8 @@ def _coerce(policy: str, key: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if isinstance(default, float):
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if isinstance(default, str):

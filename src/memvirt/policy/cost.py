@@ -78,7 +78,6 @@ import numpy as np
 
 from .. import counters as K
 from ..errors import ConfigError
-from . import register_policy
 from .base import Policy, other_mode
 
 
@@ -225,5 +224,3 @@ class CostPolicy(Policy):
             return other, f"{head} > switch {cost:.3g} ({what}) -> {other}"
         return current, f"{head} <= switch {cost:.3g} ({what}) -> stay in {current}"
 
-
-register_policy("cost", CostPolicy)

@@ -32,7 +32,6 @@ every threshold is a parameter (pfu, pfl, tlbu, tlbl, ptu, ptl, guard, history).
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import register_policy
 from .base import Policy
 
 
@@ -99,5 +98,3 @@ class DspPolicy(Policy):
         return current, (f"rule 7: no rule applies (FTLB {_g(ftlb)}, FPF {_g(fpf)}, HPT "
                          f"{_g(hpt)}, CPT {_g(cpt)}) -> stay in {current}")
 
-
-register_policy("dsp", DspPolicy)

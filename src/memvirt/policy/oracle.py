@@ -30,54 +30,39 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import api
 from .. import counters as K
 from ..config import Config
-from ..errors import ConfigError
-from . import register_policy
-from .base import MODES, Policy
+from ..trace.base import open_trace
+from .base import MODES
+from .replay import OraclePolicy
 
 
-class OraclePolicy(Policy):
-    """Replays a precomputed schedule (``schedule[k]`` = mode of period k)."""
-
-    name = "oracle"
-    is_bound = True
-    defaults = {"schedule": None}
-
-    def __init__(self, config=None, **params):
-        super().__init__(config, **params)
-        sched = self.params["schedule"]
-        if sched is None:
-            raise ConfigError(
-                "policy 'oracle' needs parameter 'schedule' (one mode per period); compute it "
-                "with memvirt.policy.oracle.oracle_bound(trace, config), or use oracle_run()")
-        if not isinstance(sched, list | tuple) or any(m not in MODES for m in sched):
-            raise ConfigError("policy 'oracle' parameter 'schedule' must be a list of "
-                              "'shadow'/'nested'")
-        self.schedule = list(sched)
-
-    def decide(self, samples, current):
-        k = len(samples)  # the period about to start
-        if k < len(self.schedule):
-            want = self.schedule[k]
-            return want, f"oracle (bound): schedule says {want} for period {k}"
-        return current, f"oracle (bound): schedule ends before period {k} -> stay in {current}"
+def needs_oracle_run(mode: str, policy, config: Config) -> bool:
+    """Whether a run is the oracle without a schedule (the bound must be computed first)."""
+    if mode != "selective":
+        return False
+    spec = policy if policy is not None else config.selective.policy
+    return spec == "oracle" and "schedule" not in config.selective.policy_params
 
 
-register_policy("oracle", OraclePolicy)
+def simulate_with_oracle(trace, config=None, mode: str = "native", policy=None, **kw):
+    """``memvirt.api.simulate``, except that a selective run with the ``oracle`` policy and
+    no schedule first computes the bound and then replays its schedule (``oracle_run``).
+    The command line, ``compare`` and sweeps run simulations through this function."""
+    cfg = api.resolve_config(config)
+    if needs_oracle_run(mode, policy, cfg):
+        return oracle_run(trace, cfg)[1]
+    return api.simulate(trace, cfg, mode, policy, **kw)
 
 
 def _resolve(config) -> Config:
-    from ..api import resolve_config
-
-    return resolve_config(config)
+    return api.resolve_config(config)
 
 
 def distinct_pages_per_period(trace, starts: list[int]) -> np.ndarray:
     """Distinct (process, page) pairs accessed in each period (periods start at the
     instruction counts ``starts``); the first page of every access."""
-    from ..trace.base import open_trace
-
     starts_a = np.asarray(starts, np.int64)
     pid_ids: dict[int, int] = {}
     seen: list[np.ndarray] = []
@@ -112,10 +97,8 @@ def oracle_bound(trace, config=None) -> dict:
     "static_cycles": {"shadow", "nested"}, "best_static", "gain_vs_best_static",
     "period_instructions", "periods", "refill_pages", "note"}``.
     """
-    from ..api import simulate
-
     cfg = _resolve(config)
-    runs = {m: simulate(trace, cfg, m) for m in MODES}
+    runs = {m: api.simulate(trace, cfg, m) for m in MODES}
     samples = {m: r.samples for m, r in runs.items()}
     n = len(samples["nested"])
     if len(samples["shadow"]) != n or any(
@@ -176,12 +159,14 @@ def oracle_bound(trace, config=None) -> dict:
 
 def oracle_run(trace, config=None):
     """``(bound, result)``: the oracle bound and a real selective run replaying its schedule."""
-    from ..api import simulate
-
     cfg = _resolve(config)
     bound = oracle_bound(trace, cfg)
     pol = OraclePolicy(cfg, schedule=bound["schedule"])
-    res = simulate(trace, cfg, "selective", pol)
+    res = api.simulate(trace, cfg, "selective", pol)
     if res.selective is not None:
         res.selective["oracle_bound"] = {k: v for k, v in bound.items() if k != "refill_pages"}
     return bound, res
+
+
+__all__ = ["OraclePolicy", "distinct_pages_per_period", "needs_oracle_run", "oracle_bound",
+           "oracle_run", "simulate_with_oracle"]

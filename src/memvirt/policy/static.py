@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import register_policy
 from .base import MODES, Policy
 
 
@@ -31,5 +30,3 @@ class StaticPolicy(Policy):
             return current, f"static: stay in {current}"
         return want, f"static: pinned to {want}"
 
-
-register_policy("static", StaticPolicy)

@@ -19,12 +19,11 @@ Traces can be given as
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,233 +31,35 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .. import counters as K
-from ..errors import MemvirtError
+from ..errors import MemvirtError, TraceError
+from ..fileio import check_folder_kind, ensure_dir, mark_folder, marked_files
+from .load import (  # noqa: F401 - re-exported: the public names of memvirt.report.compare
+    ALL_MODES,
+    COLUMN_NAMES,
+    COLUMN_TYPES,
+    EXIT_REASONS,
+    FORMAT,
+    FORMAT_VERSION,
+    GROUPS,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    RESULTS_PARQUET,
+    ROW_COLUMNS,
+    STATIC_MODES,
+    group_cycles,
+    load_results,
+    normalize_rows,
+    read_csv,
+    read_parquet,
+    results_path,
+    row_from_result,
+    verdict_for_rows,
+    write_csv,
+    write_parquet,
+    write_results_json,
+)
 
-ALL_MODES = ("native", "shadow", "nested", "selective")
-STATIC_MODES = ("shadow", "nested")
-RESULTS_JSON = "results.json"
-RESULTS_CSV = "results.csv"
-RESULTS_PARQUET = "results.parquet"
-FORMAT = "memvirt-results"
-FORMAT_VERSION = 1
-
-# ----------------------------------------------------------------------------- row schema
-
-EXIT_REASONS = tuple(K.EXIT_REASONS)
-
-# (column, type) in file order; type is one of "str", "int", "float".
-ROW_COLUMNS: list[tuple[str, str]] = [
-    ("trace", "str"),
-    ("mode", "str"),
-    ("policy", "str"),
-    ("records", "int"),
-    ("instructions", "int"),
-    ("accesses", "int"),
-    ("cycles", "float"),
-    ("time_s", "float"),
-    ("normalized_to_native", "float"),
-    ("normalized_to_best_static", "float"),
-    *((f"cyc_{k}", "float") for k in K.BREAKDOWN_KEYS),
-    ("tlb_misses", "int"),
-    ("tlb_misses_per_ki", "float"),
-    ("guest_faults", "int"),
-    ("guest_faults_per_ki", "float"),
-    ("vm_exits_total", "int"),
-    ("vm_exits_per_ki", "float"),
-    *((f"exits_{r}", "int") for r in EXIT_REASONS),
-    ("walks", "int"),
-    ("walk_refs", "int"),
-    ("walk_refs_nested", "int"),
-    ("refs_per_walk", "float"),
-    ("walk_cycles", "float"),
-    ("shadow_fills", "int"),
-    ("switches", "int"),
-    ("time_in_shadow", "float"),
-    ("time_in_nested", "float"),
-]
-COLUMN_NAMES = [c for c, _ in ROW_COLUMNS]
-COLUMN_TYPES = dict(ROW_COLUMNS)
-
-# Overhead groups used by verdicts, tables and plots: group -> breakdown keys.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "base": ("base",),
-    "translation": ("tlb", "walk"),
-    "guest": ("guest_fault", "guest_os"),
-    "vmm": (*(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt"),
-    "switch": ("mode_switch",),
-}
-
-
-def row_from_result(trace: str, d: dict) -> dict:
-    """The flat row of one run (``d`` is ``Result.to_dict()``); normalizations are filled in
-    later by ``normalize_rows`` because they need the other modes of the same trace."""
-    bd = d["cycles_breakdown"]
-    by_reason = d["vm_exits"]["by_reason"]
-    sel = d.get("selective") or {}
-    frac = sel.get("time_fraction_in_mode") or {}
-    walks = int(d["walks"])
-    row: dict[str, Any] = {
-        "trace": trace,
-        "mode": d["mode"],
-        "policy": d.get("policy"),
-        "records": int(d["records"]),
-        "instructions": int(d["instructions"]),
-        "accesses": int(d["accesses"]),
-        "cycles": float(d["cycles"]),
-        "time_s": float(d["time_s"]),
-        "normalized_to_native": None,
-        "normalized_to_best_static": None,
-    }
-    for k in K.BREAKDOWN_KEYS:
-        row[f"cyc_{k}"] = float(bd[k])
-    row.update({
-        "tlb_misses": int(d["tlb_misses"]),
-        "tlb_misses_per_ki": float(d["rates"]["tlb_misses_per_ki"]),
-        "guest_faults": int(d["guest_page_faults"]["total"]),
-        "guest_faults_per_ki": float(d["rates"]["guest_faults_per_ki"]),
-        "vm_exits_total": int(d["vm_exits"]["total"]),
-        "vm_exits_per_ki": float(d["rates"]["vm_exits_per_ki"]),
-    })
-    for r in EXIT_REASONS:
-        row[f"exits_{r}"] = int(by_reason.get(r, 0))
-    row.update({
-        "walks": walks,
-        "walk_refs": int(d["walk_refs"]),
-        "walk_refs_nested": int(d["walk_refs_nested"]),
-        "refs_per_walk": (int(d["walk_refs"]) / walks) if walks else 0.0,
-        "walk_cycles": float(d["walk_cycles"]),
-        "shadow_fills": int(d["shadow_fills"]),
-        "switches": int(sel.get("switches", 0)),
-    })
-    if d["mode"] == "selective":
-        row["time_in_shadow"] = float(frac.get("shadow", 0.0))
-        row["time_in_nested"] = float(frac.get("nested", 0.0))
-    else:
-        row["time_in_shadow"] = 1.0 if d["mode"] == "shadow" else 0.0
-        row["time_in_nested"] = 1.0 if d["mode"] == "nested" else 0.0
-    return row
-
-
-def normalize_rows(rows: list[dict]) -> None:
-    """Fill ``normalized_to_native`` and ``normalized_to_best_static`` in place."""
-    by_trace: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        by_trace.setdefault(r["trace"], {})[r["mode"]] = r
-    for modes in by_trace.values():
-        native = modes.get("native")
-        statics = [modes[m]["cycles"] for m in STATIC_MODES if m in modes]
-        best = min(statics) if statics else None
-        for r in modes.values():
-            if native is not None and native["cycles"] > 0:
-                r["normalized_to_native"] = r["cycles"] / native["cycles"]
-            if best:
-                r["normalized_to_best_static"] = r["cycles"] / best
-
-
-def group_cycles(row: dict) -> dict[str, float]:
-    """Cycles of a row by overhead group (``GROUPS``)."""
-    return {g: sum(float(row[f"cyc_{k}"]) for k in keys) for g, keys in GROUPS.items()}
-
-
-# ----------------------------------------------------------------------------- verdicts
-
-_REASON_REGIME = {
-    "pf_true": "page-fault bound",
-    "pf_hidden": "page-fault bound",
-    "pte_write": "page-table-update bound",
-    "cr3_load": "context-switch bound",
-    "invlpg": "TLB-shootdown bound",
-    "ept_violation": "memory-population bound",
-    "populate": "memory-population bound",
-}
-
-
-def _ratio_text(a: float, b: float) -> str:
-    if b <= 0:
-        return "vs none"
-    r = a / b
-    return f"{r:.1f}x more" if r < 100 else f"{r:.0f}x more"
-
-
-# Backing a guest frame is an EPT violation under nested paging and a populate exit under
-# shadow paging: the same event, compared as one.
-_EXIT_GAP_GROUPS = {
-    "pf_true": ("pf_true",), "pf_hidden": ("pf_hidden",), "pte_write": ("pte_write",),
-    "cr3_load": ("cr3_load",), "invlpg": ("invlpg",),
-    "ept_violation": ("ept_violation", "populate"),
-}
-
-
-def _top_exit_gap(lose: dict, win: dict) -> str:
-    """The exit reason whose VMM cycles differ most between the losing and winning mode."""
-    def cyc(row, keys):
-        return sum(float(row.get(f"cyc_vmm_{k}", 0.0)) for k in keys)
-
-    gaps = {r: cyc(lose, ks) - cyc(win, ks) for r, ks in _EXIT_GAP_GROUPS.items()}
-    top = max(gaps, key=lambda r: gaps[r])
-    if top == "ept_violation" and lose.get("mode") == "shadow":
-        return "populate"
-    return top
-
-
-def verdict_for_rows(rows: Iterable[dict]) -> str:
-    """A one-line verdict for one trace from its rows (any subset of modes).
-
-    Which static mode (shadow or nested) is faster and by how much, the overhead that
-    separates them (the group whose cycles differ most between the two) and the ratio
-    that explains it; then how the selective run did against the best static mode.
-    """
-    modes = {r["mode"]: r for r in rows}
-    parts: list[str] = []
-    sh, ne = modes.get("shadow"), modes.get("nested")
-    native = modes.get("native")
-    if sh is not None and ne is not None:
-        win, lose = (sh, ne) if sh["cycles"] <= ne["cycles"] else (ne, sh)
-        margin = lose["cycles"] / win["cycles"] - 1.0 if win["cycles"] else 0.0
-        gw, gl = group_cycles(win), group_cycles(lose)
-        diff = {g: gl[g] - gw[g] for g in ("translation", "guest", "vmm")}
-        dom = max(diff, key=lambda g: diff[g])
-        if dom == "translation":
-            regime = "TLB-miss bound"
-            why = f"{lose['mode']} walks cost {_ratio_text(lose['walk_cycles'], win['walk_cycles'])}"
-            if lose["refs_per_walk"] and win["refs_per_walk"]:
-                why += (f" ({lose['refs_per_walk']:.1f} vs {win['refs_per_walk']:.1f} "
-                        "refs/walk)")
-        elif dom == "vmm":
-            top = _top_exit_gap(lose, win)
-            regime = _REASON_REGIME.get(top, "VM-exit bound")
-            why = (f"{lose['mode']} VM exits cost {_ratio_text(gl['vmm'], gw['vmm'])} "
-                   f"({lose['vm_exits_per_ki']:.2f} exits/Ki, mostly {top})")
-        else:
-            regime = "guest-kernel bound"
-            why = f"{lose['mode']} guest-kernel work costs {_ratio_text(gl['guest'], gw['guest'])}"
-        if margin < 0.005:
-            parts.append(f"shadow and nested tie (within {margin * 100:.1f}%): {regime}")
-        else:
-            pct = margin * 100
-            pct_s = f"{pct:.0f}%" if pct >= 10 else f"{pct:.1f}%"
-            parts.append(f"{win['mode']} wins by {pct_s}: {regime}, {why}")
-    elif sh is not None or ne is not None:
-        only = sh if sh is not None else ne
-        if native is not None and native["cycles"]:
-            parts.append(f"only {only['mode']} run: {(only['cycles'] / native['cycles'] - 1) * 100:+.1f}%"
-                         " over native")
-        else:
-            parts.append(f"only {only['mode']} run")
-    sel = modes.get("selective")
-    if sel is not None and sel.get("normalized_to_best_static") is not None:
-        d = (sel["normalized_to_best_static"] - 1.0) * 100
-        pol = sel.get("policy") or "selective"
-        n = int(sel.get("switches") or 0)
-        parts.append(f"selective ({pol}) {d:+.1f}% vs best static, {n} switch"
-                     f"{'' if n == 1 else 'es'}")
-    if not parts:
-        if native is not None:
-            return "native only: nothing to compare"
-        return "no runs"
-    return "; ".join(parts)
-
+FOLDER_KIND = "compare"
 
 # ----------------------------------------------------------------------------- trace specs
 
@@ -372,7 +173,11 @@ def resolve_traces(traces) -> list[TraceSpec]:
         elif s.kind == "path":
             from ..trace.base import open_trace
 
-            open_trace(s.path)  # an unreadable file or unknown format fails here, early
+            src = open_trace(s.path)  # an unreadable file or unknown format fails here, early
+            if getattr(src, "num_records", None) == 0:
+                raise TraceError(f"{s.path}: the trace has no records")
+        elif s.kind == "trace" and len(s.trace) == 0:
+            raise TraceError(f"{s.name}: the trace has no records")
         base = s.name
         seen[base] = seen.get(base, 0) + 1
         if seen[base] > 1:
@@ -390,7 +195,7 @@ _CACHE: dict[str, Any] = {}
 
 def _run_job(spec: TraceSpec, mode: str, policy, config: dict) -> dict:
     """Run one (trace, mode) pair; executed in a worker process (or in-process)."""
-    from ..api import simulate
+    from ..policy.oracle import simulate_with_oracle as simulate
 
     key = spec.key()
     if key not in _CACHE:
@@ -405,10 +210,16 @@ def _run_job(spec: TraceSpec, mode: str, policy, config: dict) -> dict:
     return {"trace": spec.name, "mode": mode, "elapsed_s": elapsed, "result": d}
 
 
-def _versions() -> dict:
-    from .. import __version__
+def _memvirt_version() -> str:
+    # The package is always initialised before its submodules run; reading its version
+    # from sys.modules (instead of `from .. import`) keeps the import graph one-way
+    # (memvirt/__init__ gives access to compare() lazily).
+    pkg = sys.modules.get(__name__.split(".")[0])
+    return str(getattr(pkg, "__version__", "unknown"))
 
-    out = {"memvirt": __version__, "python": platform.python_version(),
+
+def _versions() -> dict:
+    out = {"memvirt": _memvirt_version(), "python": platform.python_version(),
            "platform": platform.platform()}
     from importlib import metadata
 
@@ -505,6 +316,12 @@ def compare(traces, modes: Iterable[str] = ALL_MODES, policy="dsp", config=None,
         workers = os.cpu_count() or 1
     workers = max(1, min(int(workers), len(jobs)))
     pol = policy if "selective" in modes else None
+    if isinstance(pol, str):
+        from ..policy import make_policy
+        from ..policy.oracle import needs_oracle_run
+
+        if not needs_oracle_run("selective", pol, cfg):
+            make_policy(pol, cfg)  # an unknown policy or bad parameters fail here, early
     out: dict[tuple[str, str], dict] = {}
     rep = _Reporter(len(jobs), progress)
     if workers > 1:
@@ -517,6 +334,11 @@ def compare(traces, modes: Iterable[str] = ALL_MODES, policy="dsp", config=None,
                 rep.finished(s.name, m, r["elapsed_s"])
             _CACHE.clear()
     runs = [out[(s.name, m)] for s, m in jobs]
+    for s in specs:
+        first = next(r for r in runs if r["trace"] == s.name)["result"]
+        if not first["instructions"]:
+            raise TraceError(f"{s.spec}: the trace has no instructions ({first['records']} "
+                             "records); there is nothing to compare")
     traces_info = []
     for s in specs:
         first = next(r for r in runs if r["trace"] == s.name)["result"]
@@ -562,6 +384,34 @@ def warm_up(cfg_dict: dict) -> None:
     Machine(cfg, X.MODE_NESTED).switch(X.MODE_SHADOW)
 
 
+def _worker_init() -> None:
+    """In a pool worker: the parent handles Ctrl-C and SIGTERM and stops the workers
+    itself; a worker whose parent died (SIGKILL) exits instead of lingering."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="memvirt-parent-watch", daemon=True).start()
+
+
+def _stop_pool(ex) -> None:
+    """Kill the pool's workers now (runs in flight are abandoned) and drop the pool."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(timeout=5)
+
+
 def _run_pool(jobs, workers, pol, cfg_dict, out, rep) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -574,13 +424,17 @@ def _run_pool(jobs, workers, pol, cfg_dict, out, rep) -> None:
     # workers are forked from a process without extra threads.  Jobs are submitted trace
     # by trace, so each worker mostly reuses the trace it already holds.
     ctx = mp.get_context("fork") if fork else None
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
     try:
         futs = {ex.submit(_run_job, s, m, pol, cfg_dict): (s.name, m) for s, m in jobs}
         with rep:
             _collect(futs, out, rep)
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # Ctrl-C, SIGTERM (the CLI turns it into KeyboardInterrupt) or a failed run: stop
+        # the workers now instead of waiting for the runs in flight.
+        _stop_pool(ex)
+        raise
+    ex.shutdown(wait=True)
 
 
 def _collect(futs, out, rep) -> None:
@@ -666,30 +520,52 @@ class Comparison:
 
     def write(self, out_dir) -> dict[str, Path]:
         """Write results.json (everything, samples included), results.csv and
-        results.parquet (the flat rows) to ``out_dir``; returns the paths."""
+        results.parquet (the flat rows) to ``out_dir``; returns the paths.  Each file is
+        written atomically; a folder that holds a sweep's results is refused."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        check_folder_kind(out, FOLDER_KIND)
+        _mkdir(out)
         paths = {"json": out / RESULTS_JSON, "csv": out / RESULTS_CSV,
                  "parquet": out / RESULTS_PARQUET}
-        with open(paths["json"], "w") as f:
-            json.dump(_jsonable(self.to_json_dict()), f, indent=1)
+        write_results_json(self.to_json_dict(), paths["json"])
         write_csv(self.rows, paths["csv"])
         write_parquet(self.rows, paths["parquet"])
+        mark_folder(out, FOLDER_KIND, paths.values())
         return paths
 
     def plot(self, out_dir) -> list[Path]:
         """Draw the PNG plots into ``out_dir`` (see ``memvirt.report.plots``)."""
         from .plots import plot_all
 
-        return plot_all(self.to_json_dict(), out_dir)
+        out = Path(out_dir)
+        check_folder_kind(out, FOLDER_KIND)
+        _mkdir(out)
+        paths = plot_all(self.to_json_dict(), out)
+        mark_folder(out, FOLDER_KIND, paths)
+        return paths
 
     def report(self, out_dir, html_name: str = "report.html") -> Path:
-        """Write the results files, the plots and a self-contained HTML report."""
+        """Write the results files, the plots and a self-contained HTML report.  Files a
+        previous comparison wrote into ``out_dir`` and this one does not (plots of traces
+        no longer compared) are removed."""
         from .html import write_report
 
-        self.write(out_dir)
-        self.plot(out_dir)
-        return write_report(out_dir, Path(out_dir) / html_name, plots_dir=out_dir)
+        out = Path(out_dir)
+        check_folder_kind(out, FOLDER_KIND)
+        before = _previous_outputs(out)
+        written = list(self.write(out).values()) + self.plot(out)
+        written.append(write_report(out, out / html_name, plots_dir=out))
+        names = {p.name for p in written}
+        for name in sorted(before - names):
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise MemvirtError(f"{out / name}: cannot remove an output of the previous "
+                                   f"comparison: {e.strerror or e}") from None
+        mark_folder(out, FOLDER_KIND, names, replace=True)
+        return out / html_name
 
     # -------------------------------------------------------------- loading
     @classmethod
@@ -700,103 +576,19 @@ class Comparison:
         return cls(data["runs"], meta)
 
 
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):  # numpy scalars
-        return x.item()
-    return x
+def _mkdir(out: Path) -> None:
+    ensure_dir(out, "results folder")
 
 
-def write_csv(rows: list[dict], path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMN_NAMES)
-        for r in rows:
-            w.writerow(["" if r.get(c) is None else repr(r[c]) if isinstance(r[c], float)
-                        else r[c] for c in COLUMN_NAMES])
-
-
-def read_csv(path) -> list[dict]:
-    """The rows of a results.csv with their types restored (empty cells -> None)."""
-    out = []
-    with open(path, newline="") as f:
-        for rec in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for c, v in rec.items():
-                t = COLUMN_TYPES.get(c, "str")
-                if v == "":
-                    row[c] = None
-                elif t == "int":
-                    row[c] = int(v)
-                elif t == "float":
-                    row[c] = float(v)
-                else:
-                    row[c] = v
-            out.append(row)
-    return out
-
-
-def _arrow_schema():
-    import pyarrow as pa
-
-    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
-    return pa.schema([pa.field(c, types[t]) for c, t in ROW_COLUMNS])
-
-
-def write_parquet(rows: list[dict], path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = _arrow_schema()
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMN_NAMES} for r in rows],
-                                 schema=schema)
-    pq.write_table(table, path)
-
-
-def read_parquet(path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
-def results_path(source) -> Path:
-    p = Path(source)
-    if p.is_dir():
-        p = p / RESULTS_JSON
-    if not p.exists():
-        raise MemvirtError(f"{p}: no such results file (run `memvirt compare ... --out DIR` "
-                           "first)")
-    return p
-
-
-def load_results(source) -> dict:
-    """results.json as a dict, from a results directory, the file, or an already-loaded dict."""
-    if isinstance(source, dict):
-        return source
-    if isinstance(source, Comparison):
-        return source.to_json_dict()
-    p = results_path(source)
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise MemvirtError(f"{p}: not valid JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "runs" not in data:
-        raise MemvirtError(f"{p}: not a memvirt results file")
-    if "rows" not in data:
-        rows = [row_from_result(r["trace"], r["result"]) for r in data["runs"]]
-        normalize_rows(rows)
-        data["rows"] = rows
-    if "verdicts" not in data:
-        data["verdicts"] = {}
-    for t in dict.fromkeys(r["trace"] for r in data["rows"]):
-        data["verdicts"].setdefault(t, verdict_for_rows(r for r in data["rows"]
-                                                        if r["trace"] == t))
-    return data
+def _previous_outputs(out: Path) -> set[str]:
+    """Files an earlier comparison wrote into ``out`` (from the folder's marker; for a
+    folder written before markers existed, the names compare writes)."""
+    names = set(marked_files(out))
+    if not names and (out / RESULTS_JSON).exists():
+        names = {p.name for p in out.glob("timeline_*.png")}
+        names |= {RESULTS_JSON, RESULTS_CSV, RESULTS_PARQUET, "normalized.png",
+                  "breakdown.png", "report.html"}
+    return {n for n in names if (out / n).is_file()}
 
 
 __all__ = [

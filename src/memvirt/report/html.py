@@ -12,7 +12,8 @@ import html
 import tempfile
 from pathlib import Path
 
-from .compare import load_results, results_path
+from ..fileio import atomic_write_text, ensure_dir
+from .load import load_results, results_path
 from .plots import plot_breakdown, plot_normalized, plot_timeline, safe_name
 from .tables import MODE_STYLE, TABLE_COLUMNS, fmt_int, fmt_rate, table_cells
 
@@ -249,8 +250,8 @@ def write_report(results_dir, out_html=None, plots_dir=None) -> Path:
     else:
         with tempfile.TemporaryDirectory(prefix="memvirt-plots-") as tmp:
             text = render_html(src, Path(tmp))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    ensure_dir(out.parent, "report folder")
+    atomic_write_text(out, text, "HTML report")
     return out
 
 

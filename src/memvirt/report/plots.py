@@ -23,7 +23,8 @@ import re
 from pathlib import Path
 
 from .. import counters as K
-from .compare import RESULTS_JSON, load_results, results_path
+from ..fileio import atomic_path, ensure_dir
+from .load import RESULTS_JSON, load_results, results_path
 
 MODE_COLORS = {"native": "#7f7f7f", "shadow": "#1f77b4", "nested": "#ff7f0e",
                "selective": "#2ca02c"}
@@ -57,8 +58,10 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    """Write the PNG atomically (a temporary file renamed over ``path``)."""
+    ensure_dir(path.parent, "plots folder")
+    with atomic_path(path, "plot") as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

@@ -7,7 +7,7 @@ The number formats (``fmt_*``) are shared with the HTML report.
 
 from __future__ import annotations
 
-from .compare import GROUPS, group_cycles, load_results
+from .load import GROUPS, group_cycles, load_results
 
 MODE_STYLE = {"native": "bright_black", "shadow": "blue", "nested": "dark_orange",
               "selective": "green"}

@@ -11,7 +11,11 @@
 - a run that fails with a user error (bad trace, config that fails at run time) is
   recorded ``failed`` with its error and the sweep goes on; a run whose worker died or
   that crashed is retried twice before it is recorded failed.  ``retry_failed`` runs
-  the failed ones again.
+  the failed ones again.  Runs lost because *another* run killed the shared process
+  pool are not charged: they run again alone (see ``backends.PoolBackend``);
+- everything that can be checked is checked before the store is created or anything
+  runs: the backend options, the output folder (writable, not a folder of ``memvirt
+  compare``), and the spec's ``module:Class`` policies.
 """
 
 from __future__ import annotations
@@ -24,9 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MemvirtError
-from .backends import RETRIES, Backend, make_backend
-from .spec import RunPoint, SweepSpec, load_spec, trace_array_id
-from .store import Store, run_key, whoami
+from ..fileio import (
+    atomic_path,
+    check_folder_kind,
+    check_output_path,
+    ensure_dir,
+    mark_folder,
+)
+from .backends import RETRIES, Backend, PoolBroken, WorkerLost, make_backend
+from .spec import RunPoint, SweepSpec, check_plugin_policies, load_spec, trace_array_id
+from .store import STORE_FILE, Store, run_key, whoami
+
+FOLDER_KIND = "sweep"
 
 RESULTS_PARQUET = "results.parquet"
 RESULTS_CSV = "results.csv"
@@ -89,10 +102,15 @@ def trace_infos(spec: SweepSpec, store: Store, out: Path) -> dict[str, dict]:
 
             cid = trace_array_id(t.trace)
             d = out / "traces"
-            d.mkdir(parents=True, exist_ok=True)
             path = d / (cid.replace(":", "-") + ".parquet")
             if not path.exists():
-                write_trace(t.trace, path)
+                if store.readonly:  # --status: nothing is written
+                    infos[t.name] = {"kind": "path", "path": str(path), "format": "parquet",
+                                     "content_id": cid}
+                    continue
+                ensure_dir(d, "folder of in-memory traces")
+                with atomic_path(path, "trace file") as tmp:
+                    write_trace(t.trace, tmp)
             fmt = "parquet"
         else:
             path, fmt = t.path, t.format
@@ -144,21 +162,34 @@ def _register(store: Store, runs: list[PlannedRun]) -> None:
 # ---------------------------------------------------------------------- running
 
 
+def check_out(out: Path) -> None:
+    """The sweep's output folder can be written and holds no other command's results."""
+    check_output_path(out, is_dir=True, what="sweep output folder")
+    check_folder_kind(out, FOLDER_KIND)
+
+
 def run_sweep(spec, out: str | Path | None = None, *, backend: Backend | None = None,
               workers: int | None = None, scheduler: str | None = None,
               dask_local: int | None = None, serial: bool = False, ship: str = "auto",
-              retry_failed: bool = False, export: bool = True,
+              retry_failed: bool = False, export: bool = True, quiet: bool = False,
               progress: Callable[[dict], None] | None = None,
               log: Callable[[str], None] | None = None) -> SweepReport:
     """Run (or resume) a sweep into ``out``.  ``progress(counts)`` is called after each
-    finished run with total/done/failed/running/pending/ran; ``log(text)`` gets notes."""
+    finished run with total/done/failed/running/pending/ran; ``log(text)`` gets notes;
+    ``quiet`` silences the Dask backends' own log lines."""
     t0 = time.monotonic()
     spec = _as_spec(spec)
     out = Path(out) if out is not None else default_out(spec)
     say = log or (lambda s: None)
+    # everything that can be checked, before the store is created or anything runs
+    be = backend or make_backend(workers=workers, scheduler=scheduler, dask_local=dask_local,
+                                 serial=serial, ship=ship, quiet=quiet)
+    check_out(out)
+    check_plugin_policies(spec)
     store = Store(out)
     try:
         store.lock()
+        mark_folder(out, FOLDER_KIND)
         runs, dups = plan(spec, store, out)
         _register(store, runs)
         if spec.text:
@@ -184,8 +215,6 @@ def run_sweep(spec, out: str | Path | None = None, *, backend: Backend | None = 
             say(f"warning: {m}: no such trace file; its runs are recorded as failed")
         todo = [r for r in todo if not r.missing]
         if todo:
-            be = backend or make_backend(workers=workers, scheduler=scheduler,
-                                         dask_local=dask_local, serial=serial, ship=ship)
             report.backend = be.describe()
             say(f"{len(todo)} of {len(runs)} runs to do on {report.backend}"
                 + (f" ({report.skipped} already finished)" if report.skipped else ""))
@@ -217,6 +246,7 @@ def _drive(store: Store, be: Backend, todo: list[PlannedRun], keys: list[str],
     inflight: dict = {}
     submitting: list[PlannedRun] = []
     attempts: dict[str, int] = {}
+    alone: set[str] = set()  # runs that killed their worker: they run in their own process
     counts = store.counts(keys)
     counts["running"] = 0
     ran = 0
@@ -240,14 +270,21 @@ def _drive(store: Store, be: Backend, todo: list[PlannedRun], keys: list[str],
                 counts["pending"] -= len(submitting)
                 counts["running"] += len(submitting)
                 for r in submitting:
-                    inflight[be.submit(r.task)] = r
+                    inflight[be.submit(r.task, isolated=r.key in alone)] = r
                 submitting = []
                 tick()
             for fut in be.wait(list(inflight), timeout=0.25):
                 r = inflight.pop(fut)
                 try:
                     oc = be.outcome(fut)
+                except PoolBroken:
+                    # Some run killed the shared pool, maybe not this one: not charged; it
+                    # runs again alone, where a death would be its own.
+                    inflight[be.submit(r.task, isolated=True)] = r
+                    continue
                 except Exception as e:  # noqa: BLE001 - lost worker or unexpected crash
+                    if isinstance(e, WorkerLost) and be.can_isolate:
+                        alone.add(r.key)
                     n = attempts[r.key] = attempts.get(r.key, 0) + 1
                     if not be.retries_builtin and n <= RETRIES:
                         queue.appendleft(r)
@@ -285,6 +322,7 @@ def _label(row: dict) -> str:
 def export_results(store: Store, spec: SweepSpec, out: Path, keys: list[str] | None = None
                    ) -> list[Path]:
     """Write ``results.parquet`` and ``results.csv`` (the spec's runs) into ``out``."""
+    check_out(out)
     if keys is None:
         keys = [r.key for r in plan(spec, store, out)[0]]
     return [store.export_parquet(out / RESULTS_PARQUET, keys, spec.swept_keys),
@@ -296,12 +334,13 @@ def sweep_status(spec, out: str | Path | None = None) -> dict:
     count as pending), plus the failed runs with their errors."""
     spec = _as_spec(spec)
     out = Path(out) if out is not None else default_out(spec)
-    if not (out / "sweep.sqlite").exists():
-        return {"out": out, "total": len(_points_unique(spec)),
-                "counts": {"done": 0, "running": 0, "failed": 0,
-                           "pending": len(_points_unique(spec))},
+    if not (out / STORE_FILE).exists():
+        n = len(_points_unique(spec))
+        return {"out": out, "total": n,
+                "counts": {"done": 0, "running": 0, "failed": 0, "pending": n},
                 "failed": [], "driver_alive": False}
-    store = Store(out)
+    check_folder_kind(out, FOLDER_KIND)
+    store = Store(out, create=False)
     try:
         runs, _ = plan(spec, store, out)
         keys = [r.key for r in runs]
@@ -326,9 +365,9 @@ def sweep_rows(spec, out: str | Path | None = None, status: str | None = "done")
     """The store rows of the spec's runs (result JSON decoded), in spec order."""
     spec = _as_spec(spec)
     out = Path(out) if out is not None else default_out(spec)
-    if not (out / "sweep.sqlite").exists():
+    if not (out / STORE_FILE).exists():
         raise MemvirtError(f"{out}: no sweep results here (run the sweep first)")
-    store = Store(out)
+    store = Store(out, create=False)
     try:
         runs, _ = plan(spec, store, out)
         return store.rows([r.key for r in runs], status=status)

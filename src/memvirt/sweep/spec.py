@@ -27,13 +27,18 @@ Example (see ``docs/sweeps.md``)::
     "hw.dtlb.ways" = [4, 8]
 
 ``load_spec(path)`` validates everything up front (unknown keys, bad values, every
-point's config through ``Config.with_overrides``) and raises ``SpecError`` naming the
-key.  ``SweepSpec.points()`` expands the spec into a deterministic list of ``RunPoint``:
-traces x (mode, policy) x grid x zip groups, in the order the spec lists them.
+point's config through the ``Config`` schema, generator parameters, policy names) and
+raises ``SpecError`` naming the key.  It imports no user code: ``module:Class`` policies
+are only checked for their form (``check_plugin_policies`` imports them, before a sweep
+runs).  A spec that expands to more than ``max_runs`` runs (default
+``DEFAULT_MAX_RUNS``) is refused before it is expanded.  ``SweepSpec.points()`` expands
+the spec into a deterministic list of ``RunPoint``: traces x (mode, policy) x grid x zip
+groups, in the order the spec lists them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -42,14 +47,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .. import __version__
-from ..config import Config, _set_dotted
+from ..config import Config, _format_validation, _set_dotted
 from ..errors import ConfigError, MemvirtError
 from ..trace.records import COLUMNS, Trace
 
 MODES = ("native", "shadow", "nested", "selective")
 TOP_KEYS = ("name", "description", "out", "modes", "policies", "config", "profile", "set",
-            "grid", "zip", "trace", "traces")
+            "grid", "zip", "trace", "traces", "max_runs")
+DEFAULT_MAX_RUNS = 100_000  # runs a spec may expand to (spec key max_runs, --max-runs)
+SYNTH_TRIAL_RECORDS = 4096  # generator parameters are checked on a trace this long
 TRACE_KEYS = ("name", "path", "format", "synth", "params")
 
 
@@ -58,7 +67,8 @@ class SpecError(MemvirtError):
 
 
 def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """Sorted, compact, standard JSON (a non-finite float is a ``ValueError``)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
 
 
 def sha256_hex(text: str) -> str:
@@ -140,6 +150,8 @@ class SweepSpec:
     path: Path | None = None
     description: str = ""
     text: str = ""
+    max_runs: int = DEFAULT_MAX_RUNS
+    _validated: tuple | None = field(default=None, repr=False)  # (fingerprint, configs)
 
     @property
     def swept_keys(self) -> list[str]:
@@ -164,6 +176,30 @@ class SweepSpec:
             combos.append({k: d[k] for k in self.swept_keys})
         return combos
 
+    def count_runs(self) -> int:
+        """How many runs the spec expands to (computed without expanding it)."""
+        n = len(self.traces) * len(self.mode_policies())
+        for v in self.grid.values():
+            n *= len(v)
+        for z in self.zips:
+            n *= len(next(iter(z.values())))
+        return n
+
+    def check_size(self, limit: int | None = None) -> int:
+        """``SpecError`` when the spec expands to more than ``limit`` runs (default: the
+        spec's ``max_runs``); returns the count."""
+        limit = self.max_runs if limit is None else limit
+        n = self.count_runs()
+        if n > limit:
+            axes = [f"{len(self.traces)} trace(s)", f"{len(self.mode_policies())} mode/policy"]
+            axes += [f"{len(v)} {k}" for k, v in self.grid.items()]
+            axes += [f"{len(next(iter(z.values())))} zipped" for z in self.zips]
+            raise SpecError(f"{self._src()}the spec expands to {n:,} runs "
+                            f"({' x '.join(axes)}), more than the limit of {limit:,}; "
+                            "sweep fewer values, or raise the limit with max_runs = N in the "
+                            "spec or --max-runs N")
+        return n
+
     def mode_policies(self) -> list[tuple[str, str | None]]:
         out: list[tuple[str, str | None]] = []
         for m in self.modes:
@@ -173,22 +209,42 @@ class SweepSpec:
                 out.append((m, None))
         return out
 
-    def points(self) -> list[RunPoint]:
-        """The run points, validated (``SpecError`` names the point and the key)."""
-        combos = self.param_combinations()
+    def point_configs(self, combos: list[dict]) -> list[dict]:
+        """The full config dict of every combination, each validated by the ``Config``
+        schema (``SpecError`` names the point and the key).  A point's dict shares the
+        sections it does not change with the base config's dict: treat it as read-only."""
+        self.check_size()
+        try:
+            fp: tuple | None = (canonical_json([self.grid, self.zips, combos]), id(self.base))
+        except ValueError:  # a non-finite value: validation below names it
+            fp = None
+        if fp is not None and self._validated is not None and self._validated[0] == fp:
+            return self._validated[1]
+        base = self.base.to_dict()
         configs: list[dict] = []
         errors: list[str] = []
         for combo in combos:
+            if not combo:
+                configs.append(base)
+                continue
             try:
-                configs.append(self.base.with_overrides(combo).to_dict() if combo
-                               else self.base.to_dict())
+                configs.append(_overridden(base, combo))
             except ConfigError as e:
                 where = ", ".join(f"{k}={v!r}" for k, v in combo.items())
                 errors.append(f"swept point ({where}): {e}")
-                configs.append({})
+                if len(errors) > 5:
+                    break
         if errors:
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+            more = " (and more)" if len(errors) > 5 else ""
             raise SpecError(f"{self._src()}" + "; ".join(errors[:5]) + more)
+        self._validated = (fp, configs)
+        return configs
+
+    def points(self) -> list[RunPoint]:
+        """The run points, validated (``SpecError`` names the point and the key)."""
+        self.check_size()
+        combos = self.param_combinations()
+        configs = self.point_configs(combos)
         pts: list[RunPoint] = []
         for tr in self.traces:
             for mode, pol in self.mode_policies():
@@ -206,20 +262,56 @@ class SweepSpec:
 # ---------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep spec TOML file."""
+def _overridden(base: dict, combo: dict) -> dict:
+    """``base`` with the dotted overrides of ``combo``, validated by the schema; the values
+    are normalized as ``Config.to_dict()`` would write them (1600 -> 1600.0 for a float
+    key), so run keys do not depend on how a value was spelled.  Only the dicts on the
+    overridden paths are copied."""
+    d = dict(base)
+    for key in combo:  # (the keys were checked against the schema when the spec was read)
+        node = d
+        for part in key.split(".")[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[key.split(".")[-1]] = copy.deepcopy(combo[key])
+    try:
+        model = Config.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, None)) from None
+    for key in combo:
+        parts = key.split(".")
+        v: Any = model
+        for part in parts:  # under selective.policy_params the values are plain dicts
+            v = v[part] if isinstance(v, dict) else getattr(v, part)
+        node = d
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+    return d
+
+
+def load_spec(path: str | Path, max_runs: int | None = None) -> SweepSpec:
+    """Read and validate a sweep spec TOML file (``max_runs`` overrides the spec's)."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise SpecError(f"{p}: no such sweep spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{p}: is a folder, expected a sweep spec (TOML file)") from None
     except OSError as e:
-        raise SpecError(f"{p}: cannot read sweep spec: {e}") from None
+        raise SpecError(f"{p}: cannot read sweep spec: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: not a sweep spec: not UTF-8 text (byte {e.start} is "
+                        f"0x{raw[e.start]:02x})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{p}: not valid TOML: {e}") from None
-    spec = spec_from_dict(data, base_dir=p.resolve().parent, source=str(p))
+    spec = spec_from_dict(data, base_dir=p.resolve().parent, source=str(p), max_runs=max_runs)
     spec.path = p
     spec.text = text
     if not spec.name:
@@ -228,9 +320,10 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def spec_from_dict(data: dict, base_dir: str | Path | None = None, source: str | None = None,
-                   traces: dict[str, Trace] | None = None) -> SweepSpec:
+                   traces: dict[str, Trace] | None = None,
+                   max_runs: int | None = None) -> SweepSpec:
     """Validate a spec given as a dict (the parsed TOML).  ``traces`` adds in-memory
-    traces by name (Python API)."""
+    traces by name (Python API); ``max_runs`` overrides the spec's limit on its size."""
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     pre = f"{source}: " if source else ""
 
@@ -249,6 +342,12 @@ def spec_from_dict(data: dict, base_dir: str | Path | None = None, source: str |
     desc = data.get("description", "")
     if not isinstance(desc, str):
         raise err(f"'description' must be a string, got {desc!r}")
+    if max_runs is None:
+        max_runs = data.get("max_runs", DEFAULT_MAX_RUNS)
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+            raise err(f"'max_runs' must be a positive integer, got {max_runs!r}")
+    elif max_runs < 1:
+        raise err(f"the limit on runs must be a positive integer, got {max_runs!r}")
 
     # modes / policies
     modes = data.get("modes")
@@ -354,6 +453,8 @@ def spec_from_dict(data: dict, base_dir: str | Path | None = None, source: str |
     for nm, tr in (traces or {}).items():
         if not isinstance(tr, Trace):
             raise err(f"trace '{nm}': expected a Trace, got {type(tr).__name__}")
+        if len(tr) == 0:
+            raise err(f"trace '{nm}': the trace has no records")
         tspecs.append(TraceSpec(name=nm, trace=tr))
     if not tspecs:
         raise err("no traces: add [[trace]] tables (path = \"...\" or synth = \"...\")")
@@ -368,11 +469,14 @@ def spec_from_dict(data: dict, base_dir: str | Path | None = None, source: str |
         raise err(f"'out' must be a directory path, got {out!r}")
     spec = SweepSpec(name=name, traces=tspecs, modes=list(modes), policies=list(policies),
                      base=base, fixed=fixed, grid=grid, zips=zips,
-                     out=_resolve(base_dir, out) if out else None, description=desc)
+                     out=_resolve(base_dir, out) if out else None, description=desc,
+                     max_runs=max_runs)
     if source:
         spec.path = Path(source)
-    _check_policies(spec, err)
-    spec.points()  # validates every point's config
+    spec.check_size()  # before anything is expanded
+    combos = spec.param_combinations()
+    spec.point_configs(combos)  # validates every point's config
+    _check_policies(spec, combos, err)
     return spec
 
 
@@ -411,12 +515,15 @@ def _check_values(key: str, values, where: str, err, allow_dups: bool = False) -
 
 
 def _no_dups(values: list, what: str, err) -> None:
-    seen = []
+    seen: set[str] = set()
     for v in values:
-        c = canonical_json(v)
+        try:
+            c = canonical_json(v)
+        except ValueError:
+            raise err(f"{what}: {v!r} is not a finite number") from None
         if c in seen:
             raise err(f"{what} lists {v!r} twice")
-        seen.append(c)
+        seen.add(c)
 
 
 def _trace_spec(where: str, e, base_dir: Path, err) -> TraceSpec:
@@ -441,10 +548,8 @@ def _trace_spec(where: str, e, base_dir: Path, err) -> TraceSpec:
         params = e.get("params", {})
         if not isinstance(params, dict):
             raise err(f"{where}: 'params' must be a table, got {params!r}")
-        from ..trace.synth import resolve_params
-
         try:
-            _, full = resolve_params(gen, **params)
+            full = check_synth_params(gen, params)
         except MemvirtError as ex:
             raise err(f"{where} ({name or gen}): {ex}") from None
         return TraceSpec(name=name or gen, synth=gen, params=full)
@@ -465,26 +570,75 @@ def _trace_spec(where: str, e, base_dir: Path, err) -> TraceSpec:
     return TraceSpec(name=nm, path=p.absolute(), format=fmt)
 
 
-def _check_policies(spec: SweepSpec, err) -> None:
-    """Policy names are checked up front when the policy registry is available."""
-    if "selective" not in spec.modes:
-        return
+def check_synth_params(gen: str, params: dict) -> dict:
+    """The full parameters of generator ``gen`` (``MemvirtError`` for an unknown name or
+    parameter, a wrong type, or a value out of range).  Ranges are checked by the
+    generator itself, on a short trial trace (``SYNTH_TRIAL_RECORDS`` records); when only
+    the shortened trial fails, the full parameters decide."""
+    from ..trace.synth import resolve_params
+
+    gspec, full = resolve_params(gen, **params)
+    records = full.get("records")
+    if not isinstance(records, int):
+        return full
+    trial = dict(full, records=min(records, SYNTH_TRIAL_RECORDS))
     try:
-        from ..policy import make_policy
-    except ImportError:
-        return
-    names = spec.policies or sorted({c.get("selective.policy", spec.base.selective.policy)
-                                     for c in spec.param_combinations()} or
-                                    {spec.base.selective.policy})
-    for n in names:
+        gspec.func(**trial)
+    except MemvirtError:
+        if trial == full:
+            raise
+        gspec.func(**full)  # the trial's shortening caused it?  the real parameters decide
+    except Exception as e:  # noqa: BLE001 - a registered generator that fails
+        raise MemvirtError(f"synth generator '{gen}' fails with these parameters: "
+                           f"{type(e).__name__}: {e}") from None
+    return full
+
+
+def _policy_names(spec: SweepSpec, combos: list[dict] | None = None) -> list[str]:
+    if "selective" not in spec.modes:
+        return []
+    if spec.policies:
+        return list(spec.policies)
+    if combos is None:
+        combos = spec.param_combinations()
+    return sorted({c.get("selective.policy", spec.base.selective.policy) for c in combos}
+                  or {spec.base.selective.policy})
+
+
+def _check_policies(spec: SweepSpec, combos: list[dict], err) -> None:
+    """Policy names are checked up front without running user code: registered policies
+    are created (their parameters checked), ``module:Class`` ones only checked for their
+    form (``check_plugin_policies`` imports them when the sweep is about to run)."""
+    from ..policy import check_policy_name, is_plugin, make_policy
+    from ..policy.registry import policies as registered
+
+    for n in _policy_names(spec, combos):
+        if not isinstance(n, str):
+            raise err(f"'policies': policy must be a name or 'module:Class', got {n!r}")
         try:
-            make_policy(n, spec.base)
+            check_policy_name(n)
+            if is_plugin(n):
+                continue
+            oracle = n == "oracle" and "schedule" not in spec.base.selective.policy_params
+            if not oracle and n in registered():
+                make_policy(n, spec.base)
         except MemvirtError as e:
             raise err(f"'policies': {e}") from None
-        except Exception as e:  # noqa: BLE001 - a user policy that cannot be built
-            raise err(f"'policies': policy {n!r} cannot be created: "
-                      f"{type(e).__name__}: {e}") from None
 
 
-__all__ = ["RunPoint", "SpecError", "SweepSpec", "TraceSpec", "load_spec", "spec_from_dict",
-           "trace_array_id", "canonical_json", "sha256_hex"]
+def check_plugin_policies(spec: SweepSpec) -> None:
+    """Import and create the spec's ``module:Class`` policies (user code): call it before
+    a sweep runs, so that a broken plug-in stops the sweep before anything runs."""
+    from ..policy import is_plugin, make_policy
+
+    for n in _policy_names(spec):
+        if is_plugin(n):
+            try:
+                make_policy(n, spec.base)
+            except MemvirtError as e:
+                raise SpecError(f"{spec._src()}'policies': {e}") from None
+
+
+__all__ = ["DEFAULT_MAX_RUNS", "RunPoint", "SpecError", "SweepSpec", "TraceSpec",
+           "canonical_json", "check_plugin_policies", "check_synth_params", "load_spec",
+           "sha256_hex", "spec_from_dict", "trace_array_id"]

@@ -26,13 +26,16 @@ result               JSON: the full ``Result.to_dict()``
 ===================  =========================================================
 
 Only the sweep driver writes, and it commits each run as soon as it finishes
-(``synchronous=FULL``), so a crash loses no finished run.  A driver holds an exclusive
+(``synchronous=FULL``), so a crash loses no finished run.  A failed read or write (a full
+disk) is a ``StoreError`` naming the store file; the transaction is rolled back, so the
+store stays as it was and the same command resumes once the problem is fixed.  A driver holds an exclusive
 lock on ``<out>/sweep.lock`` while it runs; rows left ``running`` by a driver that died
 are reset to ``pending`` by the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from .. import ENGINE_ID, __version__
 from ..errors import MemvirtError
+from ..fileio import atomic_path, dumps_json, reason
 from .spec import canonical_json, sha256_hex
 
 STORE_FILE = "sweep.sqlite"
@@ -106,6 +110,10 @@ class StoreLocked(MemvirtError):
     """Another sweep driver is running in the same output folder."""
 
 
+class StoreError(MemvirtError):
+    """The store file cannot be read or written (a full disk, a damaged file...)."""
+
+
 def run_key(trace_id: str, mode: str, policy: str | None, config: dict,
             version: str = __version__) -> str:
     """The identity of a run: everything that determines its result (including the engine
@@ -141,8 +149,13 @@ class Store:
     def __init__(self, out_dir: str | Path, *, create: bool = True):
         self.dir = Path(out_dir)
         self.path = self.dir / STORE_FILE
+        self.readonly = not create  # a reader (--status, --export): never writes
         if create:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"{self.dir}: cannot create the sweep folder: "
+                                 f"{reason(e)}") from None
         elif not self.path.exists():
             raise MemvirtError(f"{self.path}: no sweep store here")
         self._lock_fd: int | None = None
@@ -155,26 +168,51 @@ class Store:
             self.db.execute("PRAGMA synchronous = FULL")
             if create:
                 self.db.executescript(_SCHEMA)
-                self._execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', ?)",
-                              (SCHEMA_VERSION,))
-                self._execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('created', ?)",
-                              (time.strftime("%Y-%m-%dT%H:%M:%S%z"),))
+                self.db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema_version', ?)",
+                                (SCHEMA_VERSION,))
+                self.db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('created', ?)",
+                                (time.strftime("%Y-%m-%dT%H:%M:%S%z"),))
         except sqlite3.Error as e:
-            raise MemvirtError(f"{self.path}: cannot open the sweep store: {e}") from None
+            raise self._error("open the sweep store", e) from None
 
     # ------------------------------------------------------------------ plumbing
-    def _execute(self, sql: str, args=()) -> sqlite3.Cursor:
-        return self.db.execute(sql, args)
+    def _error(self, what: str, e: sqlite3.Error) -> StoreError:
+        text = str(e)
+        hint = ""
+        if "full" in text:
+            hint = ("; the disk is full: free some space and run the same command again "
+                    "(the store is unchanged, finished runs are kept)")
+        elif "readonly" in text or "read-only" in text:
+            hint = "; the store file or its folder is not writable"
+        return StoreError(f"{self.path}: cannot {what}: {text}{hint}")
 
-    def _tx(self, fn):
-        """Run ``fn(db)`` in one committed transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def _guard(self, what: str):
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise self._error(what, e) from None
+
+    def _execute(self, sql: str, args=()) -> list:
+        """Run a query and fetch all its rows."""
+        with self._guard("read the store"):
+            return self.db.execute(sql, args).fetchall()
+
+    def _tx(self, fn, what: str = "update the store"):
+        """Run ``fn(db)`` in one committed transaction (rolled back on any error)."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only; cannot {what}")
+        with self._guard(what):
+            self.db.execute("BEGIN IMMEDIATE")
         try:
             out = fn(self.db)
-        except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.execute("COMMIT")
+        except BaseException as e:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise self._error(what, e) from None
             raise
-        self.db.execute("COMMIT")
         return out
 
     def close(self) -> None:
@@ -198,7 +236,10 @@ class Store:
         except ImportError:  # pragma: no cover - no advisory locks (Windows)
             return
         path = self.dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create the driver lock: {reason(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -208,8 +249,12 @@ class Store:
                 os.close(fd)
             raise StoreLocked(f"another sweep ({holder}) is running in {self.dir}; wait for it "
                               "or use another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, whoami().encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, whoami().encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise StoreError(f"{path}: cannot write the driver lock: {reason(e)}") from None
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -230,7 +275,10 @@ class Store:
         path = self.dir / LOCK_FILE
         if not path.exists():
             return False
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
@@ -244,19 +292,21 @@ class Store:
                                        (key, value)))
 
     def get_meta(self, key: str) -> str | None:
-        row = self._execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._execute("SELECT v FROM meta WHERE k=?", (key,))
+        return rows[0][0] if rows else None
 
     # ------------------------------------------------------------------ trace ids
     def content_id(self, path: str | Path) -> str:
         """The content id of a trace file, cached by (path, size, mtime)."""
         p = str(Path(path).absolute())
         st = os.stat(p)
-        row = self._execute("SELECT content_id FROM trace_ids WHERE path=? AND size=? AND "
-                            "mtime_ns=?", (p, st.st_size, st.st_mtime_ns)).fetchone()
-        if row:
-            return row[0]
+        rows = self._execute("SELECT content_id FROM trace_ids WHERE path=? AND size=? AND "
+                             "mtime_ns=?", (p, st.st_size, st.st_mtime_ns))
+        if rows:
+            return rows[0][0]
         cid = file_content_id(p)
+        if self.readonly:
+            return cid
         self._tx(lambda db: db.execute(
             "INSERT OR REPLACE INTO trace_ids (path, size, mtime_ns, content_id) "
             "VALUES (?, ?, ?, ?)", (p, st.st_size, st.st_mtime_ns, cid)))
@@ -308,13 +358,14 @@ class Store:
         cols = ", ".join(f"{k}=?" for k in METRICS)
         args = (status, outcome.get("error"), outcome.get("worker"), time.time(),
                 outcome.get("elapsed_s"), *metrics.values(),
-                json.dumps(result) if result is not None else None, key)
+                dumps_json(result) if result is not None else None, key)
         return bool(self._tx(lambda db: db.execute(
             f"UPDATE runs SET status=?, error=?, worker=?, finished=?, elapsed_s=?, {cols}, "
-            "result=? WHERE key=? AND status!='done'", args).rowcount))
+            "result=? WHERE key=? AND status!='done'", args).rowcount,
+            what=f"record the result of run {key[:12]}"))
 
     def statuses(self, keys: Iterable[str] | None = None) -> dict[str, str]:
-        rows = self._execute("SELECT key, status FROM runs").fetchall()
+        rows = self._execute("SELECT key, status FROM runs")
         if keys is None:
             return dict(rows)
         want = set(keys)
@@ -338,11 +389,13 @@ class Store:
         if status is not None:
             sql += " WHERE status=?"
             args = (status,)
-        cur = self._execute(sql + " ORDER BY seq, key", args)
-        names = [c[0] for c in cur.description]
+        with self._guard("read the store"):
+            cur = self.db.execute(sql + " ORDER BY seq, key", args)
+            names = [c[0] for c in cur.description]
+            fetched = cur.fetchall()
         want = set(keys) if keys is not None else None
         out = []
-        for row in cur:
+        for row in fetched:
             d = dict(zip(names, row))
             if want is not None and d["key"] not in want:
                 continue
@@ -394,14 +447,12 @@ class Store:
                    swept: list[str] | None = None) -> Path:
         cols, rows = self.table(keys, swept)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path, "results file") as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(cols)
             for r in rows:
-                w.writerow(["" if v is None else (json.dumps(v) if isinstance(v, dict | list)
+                w.writerow(["" if v is None else (dumps_json(v) if isinstance(v, dict | list)
                                                   else v) for v in r])
-        os.replace(tmp, path)
         return path
 
     def export_parquet(self, path: str | Path, keys: list[str] | None = None,
@@ -421,9 +472,8 @@ class Store:
                                         for v in vals], type=pa.string()))
         table = pa.Table.from_arrays(arrays, names=cols)
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        pq.write_table(table, str(tmp), compression="zstd")
-        os.replace(tmp, path)
+        with atomic_path(path, "results file") as tmp:
+            pq.write_table(table, str(tmp), compression="zstd")
         return path
 
 
@@ -432,7 +482,7 @@ _SKIP_COMPARE = ("trace", "mode", "policy", "normalized_to_native", "normalized_
 
 def _compare_row():
     try:
-        from ..report.compare import COLUMN_NAMES, row_from_result
+        from ..report.load import COLUMN_NAMES, row_from_result
     except ImportError:  # pragma: no cover - the report package is optional here
         return None, None
     return [c for c in COLUMN_NAMES if c not in _SKIP_COMPARE], row_from_result

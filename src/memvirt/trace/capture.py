@@ -55,11 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from ..errors import TraceError
 from ..fileio import check_output_path
 from .lackey import MARK_WAIT, LackeyParser
-from .parquet import TraceStats, TraceWriter
+from .parquet import TraceWriter
 from .records import Kind, Trace
 
 DEFAULT_SLICE = 1_000_000
@@ -147,6 +148,7 @@ class ProcStream:
         self._pos = 0
         self._punched = 0
         self.name = f"pid {pid}"
+        self.bytes_read = 0  # what the tool wrote for this process (for benchmarks)
 
     def _open_next(self) -> bool:
         if self._cur < len(self.files):
@@ -192,6 +194,7 @@ class ProcStream:
         data = self._fh.read(self._read_bytes)
         if data:
             self._pos += len(data)
+            self.bytes_read += len(data)
             lines = self._lines(data)
             done = (self._pos - len(self._carry)) & ~4095
             if self._release and done - self._punched >= PUNCH_BYTES:
@@ -200,8 +203,9 @@ class ProcStream:
             return lines
         # at the end of the current file
         if self._cur + 1 < len(self.files):
-            rest = self._fh.read()  # the old image is gone: its log is complete
-            if rest:
+            rest = self._fh.read(self._read_bytes)  # the old image is gone: its log is
+            if rest:  # complete (read on in blocks: memory stays bounded)
+                self.bytes_read += len(rest)
                 return self._lines(rest) or self.read()
             return self._finish_file()
         if self._live is not None and self._live(self.pid):
@@ -210,8 +214,9 @@ class ProcStream:
             self._rescan()
             if self._cur + 1 < len(self.files):
                 return self.read()
-        rest = self._fh.read()
+        rest = self._fh.read(self._read_bytes)
         if rest:
+            self.bytes_read += len(rest)
             return self._lines(rest) or self.read()
         return self._finish_file(final=True)
 
@@ -347,6 +352,38 @@ class _Proc:
     emitted: bool = False  # has records (or a FORK announced it)
 
 
+@njit(cache=True)
+def _index(kind, icount, instr, image_start, sync, action_lut):
+    """One pass over a process's records: cumulative instructions, the indices of its
+    FORK/EXIT/WAIT records, and (sync > 1) of its sync points (docs/mvtrace-format.md: the
+    fetch of every instruction whose index in its process image is a multiple of ``sync``;
+    an image starts at its EXEC record).  ``instr``: the process's instructions before these
+    records; ``image_start``: its count when its image started.  Returns (cum, actions,
+    syncs, image_start after the records)."""
+    n = kind.shape[0]
+    cum = np.empty(n, np.int64)
+    actions = np.empty(n, np.int64)
+    syncs = np.empty(n if sync > 1 else 0, np.int64)
+    na = 0
+    ns = 0
+    c = 0
+    for i in range(n):
+        k = kind[i]
+        if sync > 1:
+            img = instr + c - image_start
+            if k == 0 and img > 0 and img % sync == 0:
+                syncs[ns] = i
+                ns += 1
+            if k == 12:  # EXEC: the engine resets the count, then adds this record's icount
+                image_start = instr + c
+        if action_lut[k]:
+            actions[na] = i
+            na += 1
+        c += icount[i]
+        cum[i] = c
+    return cum, actions[:na].copy(), syncs[:ns].copy(), image_start
+
+
 def _event(kind: int, pid: int, addr: int = 0) -> Trace:
     return Trace.from_records([(int(kind), addr, 0, pid, 0)])
 
@@ -414,25 +451,8 @@ class Scheduler:
             p.instr += int(p.cum[-1]) if len(p.cum) else 0
         p.buf = piece
         p.off = 0
-        p.cum = np.cumsum(piece.icount, dtype=np.int64)
-        p.actions = np.flatnonzero(_ACTION_LUT[piece.kind])
-        if self.sync > 1:
-            # Sync points (docs/mvtrace-format.md): the fetch of every instruction whose index
-            # in its process image is a multiple of G; an image starts at its EXEC record.
-            before = p.instr + p.cum - piece.icount
-            start = np.full(len(piece), p.image_start, np.int64)
-            ex = np.flatnonzero(piece.kind == Kind.EXEC)
-            ex = ex[ex + 1 < len(piece)]
-            start[ex + 1] = before[ex]
-            start = np.maximum.accumulate(start)
-            img = before - start
-            p.syncs = np.flatnonzero((piece.kind == Kind.IFETCH) & (img > 0)
-                                     & (img % self.sync == 0))
-            last = np.flatnonzero(piece.kind == Kind.EXEC)
-            if len(last) and last[-1] == len(piece) - 1:
-                p.image_start = int(before[-1])
-            else:
-                p.image_start = int(start[-1])
+        p.cum, p.actions, p.syncs, p.image_start = _index(piece.kind, piece.icount, p.instr,
+                                                          p.image_start, self.sync, _ACTION_LUT)
 
     def _take(self, p: _Proc, budget: int):
         """Records of ``p`` up to the end of its slice or its next FORK/EXIT/WAIT.
@@ -734,7 +754,7 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
                                         start_new_session=True, env=env)
             except OSError as e:
                 raise TraceError(f"cannot run valgrind: {e}") from None
-        stats = TraceStats(footprint=False)
+        stats = None  # the writer's (it counts as it writes)
         last_report = [0.0]
         sched_ref: list[Scheduler] = []
 
@@ -745,9 +765,9 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
             last_report[0] = now
             s = sched_ref[0] if sched_ref else None
             progress({
-                "records": stats.records,
-                "instructions": stats.instructions,
-                "accesses": int(stats.accesses.sum()),
+                "records": stats.records if stats else 0,
+                "instructions": stats.instructions if stats else 0,
+                "accesses": int(stats.accesses.sum()) if stats else 0,
                 "processes": len(s.procs) if s else 0,
                 "running": s.running if s else None,
                 "elapsed": now - started,
@@ -758,23 +778,23 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
                           sync=sync)
         sched_ref.append(sched)
         with TraceWriter(out, meta) as writer:
+            stats = writer.stats
             for piece in sched.run():
                 writer.write(piece)
-                stats.add(piece)
                 report()
             status = proc.wait()
             tail = _tail(out_path)
             if status != 0 and not allow_failure:
                 shown = f": {tail[-1]}" if tail else ""
-                raise CaptureFailed(
-                    f"the command exited with status {status}{shown} (no trace written)",
-                    status, tail)
+                raise CaptureFailed(f"the command {_status_text(status)}{shown} (no trace "
+                                    f"written)", status, tail)
             if not writer.stats.records:
                 shown = f": {tail[-1]}" if tail else ""
                 raise CaptureFailed(f"the command left no trace{shown} (no trace written)",
                                     status, tail)
             writer.meta["exit_status"] = status
             writer.meta["switches"] = sched.switches
+            writer.meta["stream_bytes"] = sum(p.stream.bytes_read for p in sched.procs.values())
             writer.meta.update(_process_info(parsers))
         report(force=True)
         return CaptureResult(out, status, writer.stats.records, writer.stats.instructions,
@@ -789,6 +809,16 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
         if watcher is not None:
             watcher.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _status_text(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
 
 
 def _tool_version() -> str:

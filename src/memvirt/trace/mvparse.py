@@ -19,11 +19,25 @@ events into records with ``syscalls.SyscallModel`` (the same meaning as for Lack
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from ..errors import TraceError
 from . import mvstream as mv
-from .records import Kind, Trace
+from .records import Trace
 from .syscalls import EXECS, X86_64, SyscallModel
+
+
+@njit(cache=True)
+def _icount_and_totals(kind, repeat, totals):
+    """Instructions per record (a fetch record of repeat n retires n) and the running
+    accesses per kind, in one pass."""
+    icount = np.zeros(kind.shape[0], np.uint32)
+    for i in range(kind.shape[0]):
+        k = kind[i]
+        totals[k] += repeat[i]
+        if k == 0:
+            icount[i] = repeat[i]
+    return icount
 
 
 def _success(value: int) -> bool:
@@ -59,14 +73,12 @@ class MvtraceParser:
         self.decoder.name = self.name
         block = self.decoder.feed(data)
         kind, rep = block.kind, block.repeat
-        if len(kind):
-            self._totals += np.bincount(kind, weights=rep, minlength=4).astype(np.int64)[:4]
-            self._records += len(kind)
+        icount = _icount_and_totals(kind, rep, self._totals)
+        self._records += len(kind)
         evs: list[tuple[int, int, int, int]] = []  # (pos, kind, addr, size)
         for pos, tag, values in block.events:
             for k, a, s in self._event(tag, values):
                 evs.append((pos, int(k), int(a), int(s)))
-        icount = np.where(kind == Kind.IFETCH, rep, 0).astype(np.uint32)
         pid = np.full(len(kind), self.pid, np.int64)
         if not evs:
             return Trace(kind=kind, addr=block.addr, size=block.size, pid=pid, icount=icount,

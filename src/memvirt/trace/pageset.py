@@ -16,11 +16,15 @@ VPN_BITS = 45  # 57-bit virtual addresses, 4 KiB pages
 MAX_SPAN_PAGES = 1 << 16  # an access spanning more pages counts its first 65,536 (none do)
 
 
+RECENT = 64  # direct-mapped filter of recently inserted keys in front of the hash table
+
+
 @njit(cache=True)
-def _insert_pages(table, used, dense_pid, addr, size):
+def _insert_pages(table, used, recent, dense_pid, addr, size):
     """Insert (process, page) keys of every page each access touches.  Returns False when
     the table got more than half full (the caller grows it and calls again; re-inserting
-    is harmless).  ``table`` length is a power of two."""
+    is harmless).  ``table`` length is a power of two.  ``recent`` holds keys known to be
+    in the table (consecutive accesses mostly revisit a few pages: they skip the probe)."""
     mask = table.shape[0] - 1
     limit = table.shape[0] // 2
     for i in range(addr.shape[0]):
@@ -37,6 +41,13 @@ def _insert_pages(table, used, dense_pid, addr, size):
         vpn = first
         while True:
             key = (np.int64(dense_pid[i]) << VPN_BITS) | np.int64(vpn & np.uint64((1 << VPN_BITS) - 1))
+            slot = key & (RECENT - 1)
+            if recent[slot] == key:
+                if vpn == last:
+                    break
+                vpn += np.uint64(1)
+                continue
+            recent[slot] = key
             h = key * -7046029254386353131
             j = (h ^ (h >> 29)) & mask
             while True:
@@ -75,8 +86,11 @@ class PageSet:
     def __init__(self, capacity: int = 1 << 16) -> None:
         self._per = np.full(capacity, EMPTY, np.int64)
         self._per_used = np.zeros(1, np.int64)
-        self._any = np.full(capacity, EMPTY, np.int64)
+        self._any = np.zeros(0, np.int64)  # made when a second process appears
         self._any_used = np.zeros(1, np.int64)
+        self._per_recent = np.full(RECENT, EMPTY, np.int64)
+        self._any_recent = np.full(RECENT, EMPTY, np.int64)
+        self._any_active = False
         self._pid_ids: dict[int, int] = {}
 
     def _dense(self, pid: np.ndarray) -> np.ndarray:
@@ -99,11 +113,20 @@ class PageSet:
         if not len(addr):
             return
         dense = self._dense(pid)
-        zeros = np.zeros(len(addr), np.int64)
-        while not _insert_pages(self._per, self._per_used, dense, addr, size):
-            self._per = self._grown(self._per)
-        while not _insert_pages(self._any, self._any_used, zeros, addr, size):
-            self._any = self._grown(self._any)
+        if len(self._pid_ids) > 1 and not self._any_active:
+            # Until a second process appears every key has process id 0, so the union is
+            # the one process's set: start it from a copy.
+            self._any, self._any_used = self._per.copy(), self._per_used.copy()
+            self._any_active = True
+        self._per = self._insert(self._per, self._per_used, self._per_recent, dense, addr, size)
+        if self._any_active:
+            self._any = self._insert(self._any, self._any_used, self._any_recent,
+                                     np.zeros(len(addr), np.int64), addr, size)
+
+    def _insert(self, table, used, recent, ids, addr, size) -> np.ndarray:
+        while not _insert_pages(table, used, recent, ids, addr, size):
+            table = self._grown(table)
+        return table
 
     @staticmethod
     def _grown(t: np.ndarray) -> np.ndarray:
@@ -118,7 +141,7 @@ class PageSet:
 
     @property
     def pages_any_process(self) -> int:
-        return int(self._any_used[0])
+        return int((self._any_used if self._any_active else self._per_used)[0])
 
     def per_process(self) -> dict[int, int]:
         """pid -> distinct pages it touched."""

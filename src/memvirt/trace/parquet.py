@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numba import njit
 
 from ..errors import TraceError
 from .base import DEFAULT_CHUNK, register_reader
@@ -76,6 +79,26 @@ def kind_counts(counts: np.ndarray) -> dict[str, int]:
 STATS_VERSION = 2  # what ``TraceStats.as_meta`` stores (2: accesses and footprint)
 
 
+@njit(cache=True)
+def _count(kind, icount, repeat, pid, kinds, accesses):
+    """One pass: records per kind, accesses per access kind (repeats included); returns
+    (instructions, whether every record has the first pid, access records)."""
+    instr = 0
+    same = True
+    p0 = pid[0]
+    n_acc = 0
+    for i in range(kind.shape[0]):
+        k = kind[i]
+        kinds[k] += 1
+        instr += icount[i]
+        if k <= 3:
+            accesses[k] += repeat[i]
+            n_acc += 1
+        if pid[i] != p0:
+            same = False
+    return instr, same, n_acc
+
+
 class TraceStats:
     """Running totals over a stream of ``Trace`` chunks: records, records per kind, accesses
     per kind (repeat counts included), instructions, processes and the footprint."""
@@ -93,18 +116,20 @@ class TraceStats:
         if not n:
             return
         self.records += n
-        self.instructions += int(trace.icount.sum(dtype=np.uint64))
-        self.kinds += np.bincount(trace.kind, minlength=256)
-        acc = trace.kind <= Kind.MODIFY
-        self.accesses += np.bincount(trace.kind[acc], weights=trace.repeat[acc],
-                                     minlength=4).astype(np.int64)[:4]
+        instr, single_pid, n_acc = _count(trace.kind, trace.icount, trace.repeat, trace.pid,
+                                          self.kinds, self.accesses)
+        self.instructions += int(instr)
         p = trace.pid
-        if p[0] == p[-1] and np.all(p == p[0]):
+        if single_pid:
             self._pids.add(int(p[0]))
         else:
             self._pids.update(int(x) for x in np.unique(p))
-        if self.pageset is not None and acc.any():
-            self.pageset.add(p[acc], trace.addr[acc], trace.size[acc])
+        if self.pageset is not None and n_acc:
+            if n_acc == n:
+                self.pageset.add(p, trace.addr, trace.size)
+            else:
+                acc = trace.kind <= Kind.MODIFY
+                self.pageset.add(p[acc], trace.addr[acc], trace.size[acc])
 
     @property
     def pids(self) -> list[int]:
@@ -182,10 +207,42 @@ class TraceWriter:
             self._writer = pq.ParquetWriter(
                 str(self._tmp), SCHEMA, compression="zstd",
                 compression_level=compression_level,
-                use_dictionary=["kind", "pid", "icount", "size"],
+                use_dictionary=["kind", "pid", "icount", "size", "repeat"],
+                write_statistics=["kind", "pid"],
             )
         except (OSError, pa.ArrowException) as e:
             raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+        # Row groups are encoded and compressed by a background thread (pyarrow releases the
+        # GIL), overlapping with whatever produces the records; at most two wait in the queue.
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="memvirt-trace-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            table = self._queue.get()
+            if table is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so that the producer never blocks
+            try:
+                self._writer.write_table(table, row_group_size=self.row_group_records)
+            except BaseException as e:  # noqa: BLE001 - handed to the producer
+                self._error = e
+
+    def _check(self) -> None:
+        e = self._error
+        if e is not None:
+            if isinstance(e, OSError | pa.ArrowException):
+                raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+            raise e
+
+    def _stop_thread(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -208,30 +265,45 @@ class TraceWriter:
             self._flush(final=False)
 
     def _flush(self, final: bool) -> None:
-        if not self._n_held:
-            return
-        whole = self._held[0] if len(self._held) == 1 else Trace.concat(self._held)
+        """Hand whole row groups (the rest too when ``final``) to the writer thread, as
+        record batches of the held chunks: no copy into one array."""
         rg = self.row_group_records
-        stop = self._n_held if final else (self._n_held // rg) * rg
-        for s in range(0, stop, rg):
-            self._write_table(whole.slice(s, min(s + rg, stop)))
-        rest = whole.slice(stop, self._n_held)
-        self._held = [rest] if len(rest) else []
-        self._n_held = len(rest)
+        held, self._held, self._n_held = self._held, [], 0
+        remaining = sum(len(t) for t in held)
+        batches: list[pa.RecordBatch] = []
+        in_batches = 0
+        for t in held:
+            start = 0
+            while start < len(t):
+                if not final and in_batches == 0 and remaining < rg:
+                    tail = t.slice(start, len(t)) if start else t  # less than a row group
+                    self._held.append(tail)
+                    self._n_held += len(tail)
+                    remaining -= len(tail)
+                    break
+                take = min(len(t) - start, rg - in_batches)
+                batches.append(_batch(t if start == 0 and take == len(t)
+                                      else t.slice(start, start + take)))
+                in_batches += take
+                start += take
+                remaining -= take
+                if in_batches == rg:
+                    self._write_batches(batches)
+                    batches, in_batches = [], 0
+        if batches:  # final: the last, shorter row group
+            self._write_batches(batches)
 
-    def _write_table(self, t: Trace) -> None:
-        arrays = [pa.array(getattr(t, name), type=typ) for name, typ in _ARROW_TYPES.items()]
-        table = pa.Table.from_arrays(arrays, schema=SCHEMA)
-        try:
-            self._writer.write_table(table, row_group_size=self.row_group_records)
-        except (OSError, pa.ArrowException) as e:
-            raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+    def _write_batches(self, batches: list) -> None:
+        self._check()
+        self._queue.put(pa.Table.from_batches(batches, schema=SCHEMA))
 
     def close(self) -> None:
         if self._closed:
             return
         try:
             self._flush(final=True)
+            self._stop_thread()
+            self._check()
             meta = dict(self.meta)
             meta.update(self.stats.as_meta())
             kv = {
@@ -250,6 +322,7 @@ class TraceWriter:
         """Drop the partly written file."""
         if not self._closed:
             self._closed = True
+            self._stop_thread()
             try:
                 self._writer.close()
             except Exception:  # noqa: BLE001 - best effort clean-up
@@ -258,6 +331,13 @@ class TraceWriter:
             self._tmp.unlink()
         except FileNotFoundError:
             pass
+
+
+def _batch(t: Trace) -> pa.RecordBatch:
+    """The columns of ``t`` as an Arrow record batch (zero-copy views of its arrays)."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array(getattr(t, name), type=typ) for name, typ in _ARROW_TYPES.items()],
+        schema=SCHEMA)
 
 
 def write_trace(trace: Trace, path, meta: dict | None = None, *,
