@@ -141,7 +141,7 @@ def test_table_numbers(comp, out_dir):
     text = render_text(out_dir, width=200)
     lines = text.splitlines()
     for t in comp.traces:
-        start = next(i for i, ln in enumerate(lines) if ln.strip() == t)
+        start = next(i for i, ln in enumerate(lines) if ln.strip().split(":")[0] == t)
         block = lines[start:start + 12]
         for m in MODES:
             row = comp.row(t, m)

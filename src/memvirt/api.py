@@ -54,17 +54,26 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
     m = Machine(cfg, start)
     m.sync = trace_sync_interval(src)
     period = cfg.selective.period_instructions
-    m.boundary = np.int64(period)
+    warmup = cfg.run.warmup_instructions
     stlb_on = cfg.hw.stlb.entries > 0
     samples: list[dict] = []
     decisions: list[dict] = []
     prev = np.zeros(K.NCOUNTERS, np.int64)
     state = {"start": 0}
+    warm: dict = {"counters": None, "records": 0, "instructions": 0}
+
+    def next_boundary(instr: int) -> np.int64:
+        """The next period end; the end of the warm-up is one too (at its first sync point)."""
+        b = (instr // period + 1) * period
+        if warm["counters"] is None and instr < warmup:
+            b = min(b, warmup)
+        return np.int64(b)
 
     def take_sample() -> dict:
         delta = m.C - prev
         s = sample_dict(len(samples), state["start"], delta,
                         X.MODE_NAMES[int(m.S[X.S_MODE])], cfg.cost, stlb_on)
+        s["warmup"] = warm["counters"] is None and warmup > 0
         samples.append(s)
         prev[:] = m.C
         state["start"] = int(m.C[K.INSTR])
@@ -72,6 +81,9 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
 
     def on_period() -> None:
         take_sample()
+        if warm["counters"] is None and warmup > 0 and int(m.C[K.INSTR]) >= warmup:
+            warm.update(counters=m.C.copy(), records=m.position,
+                        instructions=int(m.C[K.INSTR]))
         if pol is not None:
             cur = X.MODE_NAMES[int(m.S[X.S_MODE])]
             new, reason = pol.decide(samples, cur)
@@ -83,8 +95,9 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
                 # Applied before the next record runs, so a decision at the very end of the
                 # trace costs nothing (it is reported as not applied).
                 m.pending_mode = X.MODES[new]
-        m.boundary = np.int64((int(m.C[K.INSTR]) // period + 1) * period)
+        m.boundary = next_boundary(int(m.C[K.INSTR]))
 
+    m.boundary = next_boundary(0)
     for chunk in src.chunks(chunk_records):
         m.run_chunk(chunk, on_period)
         if progress is not None:
@@ -94,19 +107,28 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
         decisions[-1]["to"] = decisions[-1]["from"]
         decisions[-1]["reason"] += " (not applied: end of trace)"
     meta = dict(getattr(src, "meta", {}) or {})
+    where = (getattr(src, "path", None) or meta.get("path") or meta.get("name")
+             or meta.get("generator") or "trace")
     if m.records_done == 0:
-        where = (getattr(src, "path", None) or meta.get("path") or meta.get("name")
-                 or meta.get("generator") or "trace")
         raise TraceError(f"{where}: the trace has no records")
+    if warmup > 0 and warm["counters"] is None:
+        raise TraceError(f"{where}: the trace has {int(m.C[K.INSTR]):,} instructions, not more "
+                         f"than the warm-up of {warmup:,} (run.warmup_instructions): nothing "
+                         f"would be measured")
     if int(m.C[K.INSTR]) > state["start"] or not samples or np.any(m.C != prev):
         take_sample()
 
-    res = Result(mode=mode, counters=m.C.copy(), config=cfg.to_dict(), cost=cfg.cost,
+    whole = m.C.copy()
+    steady = whole - warm["counters"] if warm["counters"] is not None else whole
+    res = Result(mode=mode, counters=steady, config=cfg.to_dict(), cost=cfg.cost,
                  stlb_enabled=stlb_on, records=m.records_done, trace=_trace_summary(meta),
-                 samples=samples)
+                 samples=samples, whole_counters=whole,
+                 warmup={"requested": warmup, "instructions": warm["instructions"],
+                         "records": warm["records"]})
     if selective:
         res.policy = getattr(pol, "name", type(pol).__name__)
-        res.selective = _selective_summary(samples, decisions, pol)
+        res.selective = _selective_summary([s for s in samples if not s["warmup"]] or samples,
+                                           decisions, pol)
     return res
 
 
@@ -143,4 +165,5 @@ def _selective_summary(samples: list[dict], decisions: list[dict], pol) -> dict:
         "time_fraction_in_mode": {k: v / total_cyc for k, v in cyc_in.items()},
         "decisions": decisions,
         "is_bound": bool(getattr(pol, "is_bound", False)),
+        "warnings": list(getattr(pol, "warnings", []) or []),
     }

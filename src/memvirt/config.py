@@ -212,7 +212,17 @@ class SelectiveConfig(_Section):
     policy_params: dict[str, Any] = Field(default_factory=dict, description="policy parameters")
 
 
+class RunConfig(_Section):
+    warmup_instructions: int = Field(
+        0, ge=0, le=MAX_PERIOD,
+        description="instructions simulated before measuring starts: they warm the guest's "
+        "tables, the shadow/EPT state, TLBs and caches but are not counted in the steady-state "
+        "figures (results give whole-run figures beside them).  The warm-up ends at the first "
+        "sync point at or after this count")
+
+
 class Config(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
     guest: GuestConfig = Field(default_factory=GuestConfig)
     host: HostConfig = Field(default_factory=HostConfig)
     hw: HardwareConfig = Field(default_factory=HardwareConfig)

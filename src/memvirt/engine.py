@@ -373,6 +373,7 @@ class Machine:
         self.records_done = 0
         self.boundary = np.int64(2**62)
         self.sync = 1  # sync-point interval of the trace (periods end only at sync points)
+        self.position = 0  # records run when the last period ended
         self._slot_buf = np.empty(0, np.int64)
         self._arg_buf = np.empty(0, np.int64)
         self.pending_mode: int | None = None  # a mode switch decided at the last period end
@@ -512,6 +513,7 @@ class Machine:
             if status == X.ST_GROW:
                 self.grow()
             elif status == X.ST_PERIOD:
+                self.position = self.records_done + pos  # records run so far
                 on_period()
             elif status == X.ST_ERROR:
                 raise TraceError(f"record {self.records_done + pos}: internal error: translation "

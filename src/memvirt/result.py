@@ -12,6 +12,13 @@
 - ``rates``: per 1,000 instructions: ``tlb_misses``, ``guest_faults``, ``vm_exits``
 - ``counters``: every raw counter;  ``samples``: one dict per sampling period
 - ``selective``: switches, time in each mode, decisions with reasons (or null)
+- ``warmup``: ``requested`` and actual ``instructions`` / ``records`` of the warm-up
+  (``run.warmup_instructions``; 0 without one)
+- ``whole_run``: the main figures (instructions, cycles, breakdown, TLB misses, faults, exits,
+  rates) over the whole run, warm-up included
+
+Every top-level figure is **steady state**: the run after the warm-up (the whole run when
+there is none).  Samples carry ``warmup: true`` for the periods of the warm-up.
 """
 
 from __future__ import annotations
@@ -61,10 +68,38 @@ def sample_dict(index: int, start_instr: int, c: np.ndarray, mode: str, cost,
     }
 
 
+def figures(c: np.ndarray, cost, stlb_enabled: bool) -> dict:
+    """The headline figures of a counter vector (a run, its steady state or a period)."""
+    bd = K.breakdown(c, cost)
+    cyc = K.total_cycles(bd)
+    instr = int(c[K.INSTR])
+    by_reason = {r: int(c[idx]) for r, (idx, _) in K.EXIT_REASONS.items()}
+    misses = tlb_misses(c, stlb_enabled)
+    return {
+        "instructions": instr,
+        "accesses": int(c[K.ACCESSES]),
+        "cycles": cyc,
+        "time_s": cyc / (cost.clock_ghz * 1e9),
+        "cycles_breakdown": bd,
+        "tlb_misses": misses,
+        "guest_page_faults": {
+            "total": guest_faults(c),
+            "demand": int(c[K.GPF_DEMAND]),
+            "cow": int(c[K.GPF_COW]),
+        },
+        "vm_exits": {"total": sum(by_reason.values()), "by_reason": by_reason},
+        "rates": {
+            "tlb_misses_per_ki": per_ki(misses, instr),
+            "guest_faults_per_ki": per_ki(guest_faults(c), instr),
+            "vm_exits_per_ki": per_ki(sum(by_reason.values()), instr),
+        },
+    }
+
+
 @dataclass
 class Result:
     mode: str
-    counters: np.ndarray
+    counters: np.ndarray  # steady state: after the warm-up (the whole run without one)
     config: dict
     cost: object
     stlb_enabled: bool
@@ -73,6 +108,9 @@ class Result:
     samples: list[dict] = field(default_factory=list)
     policy: str | None = None
     selective: dict | None = None
+    whole_counters: np.ndarray | None = None  # the whole run, warm-up included
+    warmup: dict = field(default_factory=lambda: {"requested": 0, "instructions": 0,
+                                                  "records": 0})
 
     @property
     def breakdown(self) -> dict[str, float]:
@@ -86,51 +124,42 @@ class Result:
     def instructions(self) -> int:
         return int(self.counters[K.INSTR])
 
+    @property
+    def whole(self) -> np.ndarray:
+        return self.counters if self.whole_counters is None else self.whole_counters
+
     def counter(self, name: str) -> int:
         return int(self.counters[K.NAMES.index(name)])
 
     def to_dict(self, samples: bool = True) -> dict:
         c = self.counters
-        bd = self.breakdown
-        cyc = K.total_cycles(bd)
-        instr = int(c[K.INSTR])
-        by_reason = {r: int(c[idx]) for r, (idx, _) in K.EXIT_REASONS.items()}
-        misses = tlb_misses(c, self.stlb_enabled)
+        f = figures(c, self.cost, self.stlb_enabled)
         return {
             "mode": self.mode,
             "policy": self.policy,
             "trace": self.trace,
             "config": self.config,
             "records": self.records,
-            "instructions": instr,
-            "accesses": int(c[K.ACCESSES]),
-            "cycles": cyc,
-            "time_s": cyc / (self.cost.clock_ghz * 1e9),
-            "cycles_breakdown": bd,
+            **{k: f[k] for k in ("instructions", "accesses", "cycles", "time_s",
+                                 "cycles_breakdown")},
             "tlb": {
                 "itlb": {"hits": int(c[K.ITLB_HIT]), "misses": int(c[K.ITLB_MISS])},
                 "dtlb": {"hits": int(c[K.DTLB_HIT]), "misses": int(c[K.DTLB_MISS])},
                 "stlb": {"hits": int(c[K.STLB_HIT]), "misses": int(c[K.STLB_MISS])},
                 "nested_tlb": {"hits": int(c[K.NTLB_HIT]), "misses": int(c[K.NTLB_MISS])},
             },
-            "tlb_misses": misses,
+            "tlb_misses": f["tlb_misses"],
             "walks": int(c[K.WALKS]),
             "walk_refs": int(c[K.WALK_REFS]),
             "walk_refs_nested": int(c[K.WALK_REFS_NESTED]),
-            "walk_cycles": bd["walk"],
-            "guest_page_faults": {
-                "total": guest_faults(c),
-                "demand": int(c[K.GPF_DEMAND]),
-                "cow": int(c[K.GPF_COW]),
-            },
-            "vm_exits": {"total": sum(by_reason.values()), "by_reason": by_reason},
+            "walk_cycles": f["cycles_breakdown"]["walk"],
+            "guest_page_faults": f["guest_page_faults"],
+            "vm_exits": f["vm_exits"],
             "ept_violations": int(c[K.EXIT_EPT_VIOLATION]),
             "shadow_fills": int(c[K.SHADOW_FILLS]),
-            "rates": {
-                "tlb_misses_per_ki": per_ki(misses, instr),
-                "guest_faults_per_ki": per_ki(guest_faults(c), instr),
-                "vm_exits_per_ki": per_ki(sum(by_reason.values()), instr),
-            },
+            "rates": f["rates"],
+            "warmup": dict(self.warmup),
+            "whole_run": figures(self.whole, self.cost, self.stlb_enabled),
             "counters": K.as_dict(c),
             "samples": self.samples if samples else [],
             "selective": self.selective,

@@ -17,10 +17,17 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="NAME", help="machine profile (e.g. nehalem-2010, modern)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override one config key, e.g. --set hw.stlb.entries=1024 (repeatable)")
+    p.add_argument("--warmup-instructions", type=int, metavar="N", default=None,
+                   help="simulate N instructions before measuring (= --set "
+                   "run.warmup_instructions=N): results show steady-state figures and the "
+                   "whole run beside them")
 
 
 def config_from_args(args) -> Config:
-    return Config.load(args.config, overrides=args.overrides, profile=args.profile)
+    overrides = list(args.overrides)
+    if getattr(args, "warmup_instructions", None) is not None:
+        overrides.append(f"run.warmup_instructions={args.warmup_instructions}")
+    return Config.load(args.config, overrides=overrides, profile=args.profile)
 
 
 def resolve_trace(spec: str):

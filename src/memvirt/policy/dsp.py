@@ -1,19 +1,29 @@
 """``dsp``: the dynamic-switching rules of Wang et al., "Selective Hardware/Software
 Memory Virtualization", VEE 2011 (section 3 of the reference notes).
 
-Metrics, all per 1,000 retired instructions of a sampling period:
+Metrics, all per 1,000 retired instructions of a *window*:
 
-- FTLB: last-level TLB misses of the period that just ended; FPF: guest page faults
-  (counted by the guest, so identical in both modes: hidden faults are not guest faults);
-- HTLB ("history of FTLB"): FTLB of the *previous* period.  The paper names HTLB without
-  defining it further; the previous sample is the shortest history that makes rule 4
-  ("HTLB or FTLB is zero") mean "the TLB was idle in one of the last two periods".  For
-  the very first period there is no history and HTLB = FTLB;
+- the window is the last ``window`` instructions (at least the period just ended; made of
+  whole sampling periods).  The study used 5 s periods (~10^10 instructions); its thresholds
+  only mean something over enough instructions: the lower fault threshold PFL is 10^-5
+  faults per 1,000 instructions, so a window must hold 10^8 instructions for one fault to
+  be a rate at PFL.  The default window, ``auto``, holds ``min_events`` (10) faults at PFL:
+  10 x 1,000 / PFL = 10^9 instructions, whatever the sampling period, so the decision does
+  not hang on whole events per period and the same steady rates give the same mode with
+  any period.  A window shorter than one fault at PFL is warned about (``warnings``);
+- FTLB: last-level TLB misses of the current window; FPF: guest page faults (counted by
+  the guest, so identical in both modes: hidden faults are not guest faults);
+- HTLB ("history of FTLB"): FTLB of the *previous* window (the paper names HTLB without
+  defining it further; the previous period is the shortest history that makes rule 4,
+  "HTLB or FTLB is zero", mean "the TLB was idle recently").  With no history HTLB = FTLB;
 - CPT = FPF / FTLB (current P-to-T ratio);
-- HPT = mean P-to-T of the ``history`` (default 3) periods *before* the current one,
-  skipping periods without TLB misses (their ratio is undefined).  The current period
-  is left out so that rules 5 and 6 ask two independent questions (does the recent past
+- HPT = mean P-to-T of the ``history`` (default 3) windows *before* the current one,
+  skipping windows without TLB misses (their ratio is undefined).  The current window is
+  left out so that rules 5 and 6 ask two independent questions (does the recent past
   agree with now?); with no usable history, HPT = CPT.
+
+With ``window`` <= the sampling period every window is one period: the rules as the paper
+states them, period by period.
 
 Rules, in order (first match wins; SP = shadow, HAP = nested):
 
@@ -26,10 +36,13 @@ Rules, in order (first match wins; SP = shadow, HAP = nested):
 7. otherwise -> stay
 
 Defaults are the paper's Table 2 (hand-fitted on a Core i7-860 with 5 s periods);
-every threshold is a parameter (pfu, pfl, tlbu, tlbl, ptu, ptl, guard, history).
+every threshold is a parameter (pfu, pfl, tlbu, tlbl, ptu, ptl, guard, history, window,
+min_events).
 """
 
 from __future__ import annotations
+
+import warnings
 
 from ..errors import ConfigError
 from .base import Policy
@@ -51,24 +64,63 @@ class DspPolicy(Policy):
         "ptu": 200e-7,  # P-to-T ratio, upper
         "ptl": 150e-7,  # P-to-T ratio, lower
         "guard": 0.8,  # the 0.8 factor of rules 1 and 2
-        "history": 3,  # samples averaged into HPT
+        "history": 3,  # windows averaged into HPT
+        "window": None,  # instructions per window; None ("auto"): min_events faults at PFL
+        "min_events": 10,  # faults at PFL that an auto window holds
     }
 
     def __init__(self, config=None, **params):
         super().__init__(config, **params)
-        if self.params["history"] < 1:
+        p = self.params
+        if p["history"] < 1:
             raise ConfigError("policy 'dsp' parameter 'history' must be at least 1")
+        if not p["min_events"] > 0:
+            raise ConfigError("policy 'dsp' parameter 'min_events' must be positive")
+        if not p["pfl"] > 0:
+            raise ConfigError("policy 'dsp' parameter 'pfl' must be positive")
+        if p["window"] is None or p["window"] == "auto":
+            self.window = int(round(p["min_events"] * 1000.0 / p["pfl"]))
+        elif isinstance(p["window"], int | float) and not isinstance(p["window"], bool) \
+                and p["window"] >= 1:
+            self.window = int(p["window"])
+        else:
+            raise ConfigError(f"policy 'dsp' parameter 'window' must be 'auto' or a number of "
+                              f"instructions >= 1, not {p['window']!r}")
+        period = self.config.selective.period_instructions if self.config else 0
+        span = max(self.window, period)
+        self.warnings = []
+        one = 1000.0 / span  # the rate of one fault per window
+        if one > p["pfl"]:
+            self.warnings.append(
+                f"dsp: a window of {span:,} instructions cannot measure a fault rate at PFL = "
+                f"{p['pfl']:.3g}/Ki (one fault is {one:.3g}/Ki): its decisions hang on single "
+                f"faults; use a window of at least {1000.0 / p['pfl']:,.0f} instructions")
+            warnings.warn(self.warnings[-1], stacklevel=2)
+
+    def _windows(self, samples, count: int) -> list[tuple[float, float]]:
+        """(TLB misses, faults) per 1,000 instructions of the last ``count`` windows, newest
+        first; a window is the fewest latest periods holding ``self.window`` instructions."""
+        out = []
+        i = len(samples)
+        while i > 0 and len(out) < count:
+            instr = misses = faults = 0
+            while i > 0 and (instr < self.window or instr == 0):
+                i -= 1
+                s = samples[i]
+                instr += s["instructions"]
+                misses += s["tlb_misses"]
+                faults += s["guest_page_faults"]
+            out.append((1000.0 * misses / instr, 1000.0 * faults / instr) if instr
+                       else (0.0, 0.0))
+        return out
 
     def metrics(self, samples: list[dict]) -> dict[str, float]:
         """FTLB, FPF, HTLB, CPT and HPT after the last sample (CPT None when FTLB is 0)."""
-        ftlb, fpf = self.rates(samples[-1])
-        htlb = self.rates(samples[-2])[0] if len(samples) >= 2 else ftlb
+        wins = self._windows(samples, 2 + self.params["history"])
+        ftlb, fpf = wins[0]
+        htlb = wins[1][0] if len(wins) >= 2 else ftlb
         cpt = fpf / ftlb if ftlb > 0 else None
-        ratios = []
-        for s in samples[-1 - self.params["history"]:-1]:
-            t, f = self.rates(s)
-            if t > 0:
-                ratios.append(f / t)
+        ratios = [f / t for t, f in wins[1:1 + self.params["history"]] if t > 0]
         hpt = sum(ratios) / len(ratios) if ratios else cpt
         return {"ftlb": ftlb, "fpf": fpf, "htlb": htlb, "cpt": cpt, "hpt": hpt}
 

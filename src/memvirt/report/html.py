@@ -15,7 +15,7 @@ from pathlib import Path
 from ..fileio import atomic_write_text, ensure_dir
 from .load import load_results, results_path
 from .plots import plot_breakdown, plot_normalized, plot_timeline, safe_name
-from .tables import MODE_STYLE, TABLE_COLUMNS, fmt_int, fmt_rate, table_cells
+from .tables import MODE_STYLE, TABLE_COLUMNS, fmt_int, fmt_rate, measured_text, table_cells
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
@@ -78,7 +78,9 @@ def _mode_table(rows: list[dict]) -> str:
         tds = "".join(f"<td{' class=l' if i == 0 else ''}>{_e(c)}</td>"
                       for i, c in enumerate(cells))
         body.append(f"<tr class='{_e(r['mode'])}'>{tds}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    what = measured_text(rows).lstrip(": ")
+    note = f"<p class='note'>Figures: {_e(what)}.</p>" if what else ""
+    return f"{note}<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _detail_table(rows: list[dict]) -> str:

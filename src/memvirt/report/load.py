@@ -61,7 +61,18 @@ ROW_COLUMNS: list[tuple[str, str]] = [
     ("switches", "int"),
     ("time_in_shadow", "float"),
     ("time_in_nested", "float"),
+    # The columns above are steady state (after the warm-up); these are the whole run.
+    ("warmup_instructions", "int"),
+    ("whole_instructions", "int"),
+    ("whole_cycles", "float"),
+    ("whole_normalized_to_best_static", "float"),
+    ("whole_tlb_misses_per_ki", "float"),
+    ("whole_guest_faults_per_ki", "float"),
 ]
+# Columns results files of earlier versions lack (read as null).
+OPTIONAL_COLUMNS = {"warmup_instructions", "whole_instructions", "whole_cycles",
+                    "whole_normalized_to_best_static", "whole_tlb_misses_per_ki",
+                    "whole_guest_faults_per_ki"}
 COLUMN_NAMES = [c for c, _ in ROW_COLUMNS]
 COLUMN_TYPES = dict(ROW_COLUMNS)
 
@@ -122,11 +133,20 @@ def row_from_result(trace: str, d: dict) -> dict:
     else:
         row["time_in_shadow"] = 1.0 if d["mode"] == "shadow" else 0.0
         row["time_in_nested"] = 1.0 if d["mode"] == "nested" else 0.0
+    whole = d.get("whole_run") or {}
+    row["warmup_instructions"] = int((d.get("warmup") or {}).get("instructions", 0))
+    row["whole_instructions"] = int(whole.get("instructions", d["instructions"]))
+    row["whole_cycles"] = float(whole.get("cycles", d["cycles"]))
+    row["whole_normalized_to_best_static"] = None
+    rates = whole.get("rates", d["rates"])
+    row["whole_tlb_misses_per_ki"] = float(rates["tlb_misses_per_ki"])
+    row["whole_guest_faults_per_ki"] = float(rates["guest_faults_per_ki"])
     return row
 
 
 def normalize_rows(rows: list[dict]) -> None:
-    """Fill ``normalized_to_native`` and ``normalized_to_best_static`` in place."""
+    """Fill ``normalized_to_native`` and ``normalized_to_best_static`` (steady state) and
+    ``whole_normalized_to_best_static`` (whole run) in place."""
     by_trace: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_trace.setdefault(r["trace"], {})[r["mode"]] = r
@@ -134,11 +154,15 @@ def normalize_rows(rows: list[dict]) -> None:
         native = modes.get("native")
         statics = [modes[m]["cycles"] for m in STATIC_MODES if m in modes]
         best = min(statics) if statics else None
+        wstatics = [modes[m].get("whole_cycles") for m in STATIC_MODES if m in modes]
+        wbest = min(wstatics) if wstatics and None not in wstatics else None
         for r in modes.values():
             if native is not None and native["cycles"] > 0:
                 r["normalized_to_native"] = r["cycles"] / native["cycles"]
             if best:
                 r["normalized_to_best_static"] = r["cycles"] / best
+            if wbest and r.get("whole_cycles") is not None:
+                r["whole_normalized_to_best_static"] = r["whole_cycles"] / wbest
 
 
 def group_cycles(row: dict) -> dict[str, float]:
@@ -355,13 +379,16 @@ def _is_num(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-_NULLABLE = {"policy", "normalized_to_native", "normalized_to_best_static"}
+_NULLABLE = {"policy", "normalized_to_native", "normalized_to_best_static",
+             *OPTIONAL_COLUMNS}
 
 
 def _check_row(r, where: str) -> None:
     _need(isinstance(r, dict), where, "a table (a row of the results)")
     for c, t in ROW_COLUMNS:
         w = f"{where}.{c}"
+        if c in OPTIONAL_COLUMNS and c not in r:
+            continue
         _need(c in r, w, "present")
         v = r[c]
         if v is None and c in _NULLABLE:

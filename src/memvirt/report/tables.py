@@ -68,7 +68,8 @@ def table_cells(row: dict, compact: bool = False) -> list[str]:
     cells = [mode]
     if not compact:
         cells.append(fmt_time(row["time_s"]))
-    cells += [fmt_norm(row["normalized_to_native"]), fmt_norm(row["normalized_to_best_static"])]
+    cells += [fmt_norm(row["normalized_to_native"]), fmt_norm(row["normalized_to_best_static"]),
+              fmt_norm(row.get("whole_normalized_to_best_static"))]
     if compact:
         cells += [fmt_pct(sh["translation"]), fmt_pct(sh["guest"]),
                   fmt_pct(sh["vmm"] + sh["switch"])]
@@ -82,16 +83,31 @@ def table_cells(row: dict, compact: bool = False) -> list[str]:
     return cells
 
 
-TABLE_COLUMNS = ["mode", "time", "x native", "x best static",
+TABLE_COLUMNS = ["mode", "time", "x native", "x best static", "x best static, whole run",
                  *(GROUP_LABELS[g] + " %" for g in GROUPS),
                  "TLB miss/Ki", "refs/walk", "faults/Ki", "exits/Ki", "switches"]
-COMPACT_COLUMNS = ["mode", "x\nnative", "x best\nstatic", "TLB+\nwalk %", "guest\nOS %",
+COMPACT_COLUMNS = ["mode", "x\nnative", "x best\nstatic", "whole\nx best", "TLB+\nwalk %",
+                   "guest\nOS %",
                    "VMM\n%", "TLB\nmiss/Ki", "faults\n/Ki", "exits\n/Ki", "sw"]
-FULL_COLUMNS = ["mode", "time", "x\nnative", "x best\nstatic", "base\n%", "TLB+\nwalk %",
+FULL_COLUMNS = ["mode", "time", "x\nnative", "x best\nstatic", "x best\nwhole run", "base\n%",
+                "TLB+\nwalk %",
                 "guest\nOS %", "VMM\n%", "switch\n%", "TLB\nmiss/Ki", "refs\n/walk",
                 "faults\n/Ki", "exits\n/Ki", "switches"]
 assert len(FULL_COLUMNS) == len(TABLE_COLUMNS)
 COMPACT_BELOW = 116  # console width under which the compact table is used
+
+
+def measured_text(rows: list[dict]) -> str:
+    """What the table's figures cover: the steady state after a warm-up, or the whole run."""
+    if not rows:
+        return ""
+    r = rows[0]
+    warm = r.get("warmup_instructions") or 0
+    if warm:
+        return (f": steady state, {fmt_int(r['instructions'])} instructions after a warm-up of "
+                f"{fmt_int(warm)} (whole run: {fmt_int(r.get('whole_instructions'))} "
+                "instructions, 'whole run' column)")
+    return f": whole run, {fmt_int(r['instructions'])} instructions"
 
 
 def table_columns(compact: bool = False) -> list[str]:
@@ -104,7 +120,8 @@ def trace_table(trace: str, rows: list[dict], verdict: str | None = None,
     from rich import box
     from rich.table import Table
 
-    t = Table(title=f"[bold]{trace}[/]", caption=verdict, caption_justify="left",
+    t = Table(title=f"[bold]{trace}[/]{measured_text(rows)}", caption=verdict,
+              caption_justify="left",
               title_justify="left", header_style="bold",
               box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0))
     for i, c in enumerate(table_columns(compact)):
