@@ -18,7 +18,8 @@ ones), runs the generator and records provenance in ``Trace.meta``:
 ``{"source": "synth", "generator": name, "params": {...all parameters...}}``.
 
 Built-in generators (see ``docs/workloads.md``): chase, compile, stream, churn, phases,
-compute, hot, uniform.
+compute, hot, uniform, and spec (SPEC CPU2006 stand-ins of realistic length: it returns a
+streaming source, with ``meta`` and ``chunks()``, instead of an in-memory ``Trace``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 from ...errors import MemvirtError
 from ..records import Trace
 
-BUILTIN = ("chase", "compile", "stream", "churn", "phases", "compute", "hot", "uniform")
+BUILTIN = ("chase", "compile", "stream", "churn", "phases", "compute", "hot", "uniform", "spec")
 
 
 @dataclass(frozen=True)
