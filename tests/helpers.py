@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from memvirt import counters as K
 from memvirt.config import Config
 from memvirt.trace.records import Kind, Trace
 
@@ -30,7 +31,7 @@ def no_caches_config(levels=4, ept_levels=4, **extra) -> Config:
         "guest.levels": levels, "host.ept_levels": ept_levels,
         "hw.itlb.entries": 0, "hw.dtlb.entries": 0, "hw.stlb.entries": 0,
         "hw.psc.entries": 0, "hw.nested_tlb.entries": 0, "hw.nested_psc.entries": 0,
-        "hw.pte_cache.entries": 0,
+        "hw.l1d.entries": 0, "hw.l2.entries": 0, "hw.l3.entries": 0,
     }
     over.update(extra)
     return Config().with_overrides(over)
@@ -74,3 +75,26 @@ def page_stream(records, kinds=(L, S, M)):
 
 def arr_pages(n: int) -> np.ndarray:
     return BASE + np.arange(n, dtype=np.int64) * PAGE
+
+
+# Counters that depend on the order of line accesses inside a page run: a collapsed record
+# keeps the set of lines its accesses touched, not their order or how many lines each touched
+# (docs/mvtrace-format.md), so with the data caches on these agree with the full trace only
+# closely; every other counter must agree exactly.
+CACHE_LEVEL_COUNTERS = frozenset(
+    list(range(K.REF_L1, K.REF_DRAM + 1)) + list(range(K.NREF_L1, K.NREF_DRAM + 1))
+    + list(range(K.DATA_L1, K.DATA_DRAM + 1)) + [K.VMM_LINE_FILLS])
+
+
+def counter_diff(a, b, rel: float = 0.005, slack: int = 16) -> dict:
+    """The counters of ``a`` and ``b`` (counter vectors) that differ: exactly, or for the
+    cache-level counters by more than ``rel`` (relative) and ``slack`` (absolute)."""
+    out = {}
+    for i, (x, y) in enumerate(zip(a, b)):
+        x, y = int(x), int(y)
+        if x == y:
+            continue
+        if i in CACHE_LEVEL_COUNTERS and abs(x - y) <= max(slack, rel * max(x, y)):
+            continue
+        out[K.NAMES[i]] = (x, y)
+    return out

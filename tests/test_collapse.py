@@ -5,6 +5,10 @@ docs/mvtrace-format.md (fetch and data streams folded on their own, runs closed 
 every G instructions of a process image and at every event) to a random full trace with
 several processes, fork/exec/exit, munmap and page-crossing accesses.  Both traces are then
 simulated in every mode; every counter and every sampling period must be equal.
+
+The collapser also computes each data record's ``lines`` bitmap (the 64-byte lines of its page
+its accesses touched, 0 when only the first access's lines); test_mvtrace_tool.py checks the
+Valgrind tool's bitmaps against it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from memvirt import simulate
 from memvirt.config import Config
 from memvirt.errors import TraceError
 from memvirt.trace.records import Kind, Trace
+
+from .helpers import counter_diff
 
 IF, L, S, M = (int(k) for k in (Kind.IFETCH, Kind.LOAD, Kind.STORE, Kind.MODIFY))
 MUNMAP, FORK, EXEC, EXIT, SWITCH, MMAP = (int(k) for k in (
@@ -89,9 +95,22 @@ def full_trace(seed: int, instructions: int = 30_000) -> Trace:
     return Trace.from_records(recs, meta={"sync_instructions": G})
 
 
+def lines_touched(a: int, s: int) -> set[int]:
+    """The 64-byte lines (0-63) of the page of byte ``a`` that an access of ``s`` bytes at
+    ``a`` touches (only those of its first page when it crosses into the next)."""
+    end = min(a + max(s, 1) - 1, (a | 0xFFF))  # its last byte on the first page
+    return set(range((a & 0xFFF) // 64, (end & 0xFFF) // 64 + 1))
+
+
+def bitmap(lines: set[int]) -> int:
+    return sum(1 << i for i in lines)
+
+
 def collapse(tr: Trace, g: int = G) -> Trace:
-    """The reference collapser (docs/mvtrace-format.md), one record at a time."""
-    out: list[list[int]] = []
+    """The reference collapser (docs/mvtrace-format.md), one record at a time, from a full
+    trace (one record per access).  A data record's lines: the set of lines its accesses
+    touched, as a bitmap, or 0 when that is only the first access's lines."""
+    out: list[list] = []  # kind, addr, size, pid, icount, repeat, set of lines
     count: dict[int, int] = {}
     fetch_run: dict[int, int] = {}  # pid -> index in out of the open fetch record
     data_run: dict[int, int] = {}
@@ -106,12 +125,15 @@ def collapse(tr: Trace, g: int = G) -> Trace:
     def crosses(a, s):
         return (a >> 12) != ((a + max(s, 1) - 1) >> 12)
 
-    for k, a, s, p, ic, _rep in zip(*(c.tolist() for c in tr.columns().values())):
+    cols = tr.columns()
+    assert (cols["repeat"] == 1).all() and (cols["lines"] == 0).all()  # a full trace
+    for k, a, s, p, ic in zip(*(cols[c].tolist() for c in ("kind", "addr", "size", "pid",
+                                                             "icount"))):
         if k > M:
             close()
             if k == EXEC:
                 count[p] = 0
-            out.append([k, a, s, p, ic, 1])
+            out.append([k, a, s, p, ic, 1, set()])
             continue
         if k == IF:
             n = count.get(p, 0)
@@ -121,18 +143,21 @@ def collapse(tr: Trace, g: int = G) -> Trace:
             runs = fetch_run
         else:
             runs = data_run
+        lines = lines_touched(a, s) if k != IF else set()
         if crosses(a, s):
             runs.pop(p, None)
-            out.append([k, a, s, p, ic, 1])
+            out.append([k, a, s, p, ic, 1, lines])
             continue
         i = runs.get(p)
         if i is not None and out[i][0] == k and out[i][1] >> 12 == a >> 12:
             out[i][5] += 1
             out[i][4] += ic
+            out[i][6] |= lines
         else:
             runs[p] = len(out)
-            out.append([k, a, s, p, ic, 1])
-    return Trace.from_records([tuple(r) for r in out], meta=dict(tr.meta))
+            out.append([k, a, s, p, ic, 1, lines])
+    rows = [(*r[:6], 0 if r[6] <= lines_touched(r[1], r[2]) else bitmap(r[6])) for r in out]
+    return Trace.from_records(rows, meta=dict(tr.meta))
 
 
 @pytest.fixture(scope="module")
@@ -144,12 +169,18 @@ def traces():
     return full, col
 
 
+# The VMM's TLB footprint at exits is off with TLBs smaller than it (docs/mvtrace-format.md,
+# "What is exact"): folded accesses assume their page stays the most recent in its set,
+# which an exit that refills a tiny TLB can break.
+NO_VMM_TLB = {"vmm.exit_code_pages": 0, "vmm.exit_data_pages": 0}
 CONFIGS = {
     "default": {},
     "small-tlbs": {"hw.dtlb.entries": 8, "hw.dtlb.ways": 2, "hw.itlb.entries": 4,
-                   "hw.itlb.ways": 4, "hw.stlb.entries": 32, "hw.stlb.ways": 4},
-    "no-l1-tlb": {"hw.dtlb.entries": 0, "hw.itlb.entries": 0},
+                   "hw.itlb.ways": 4, "hw.stlb.entries": 32, "hw.stlb.ways": 4, **NO_VMM_TLB},
+    "no-l1-tlb": {"hw.dtlb.entries": 0, "hw.itlb.entries": 0, **NO_VMM_TLB},
     "pcid-2level": {"hw.pcid": True, "guest.levels": 2},
+    # without data pricing nothing depends on the order of lines inside a run: exact
+    "no-data-caches": {"hw.data_caches": False},
 }
 
 
@@ -165,12 +196,13 @@ def test_collapsed_equals_full(traces, mode, cfg_name):
     cfg = Config().with_overrides(over)
     a = simulate(full, cfg, mode)
     b = simulate(col, cfg, mode)
-    diff = {n: (x, y) for n, x, y in zip(a.to_dict()["counters"], a.counters, b.counters)
-            if x != y}
-    assert not diff
+    rel = 0.0 if cfg_name == "no-data-caches" else 0.005
+    assert not counter_diff(a.counters, b.counters, rel=rel, slack=0 if rel == 0 else 16)
     assert [s["start_instruction"] for s in a.samples] == \
         [s["start_instruction"] for s in b.samples]
-    assert [s["counters"] for s in a.samples] == [s["counters"] for s in b.samples]
+    for sa, sb in zip(a.samples, b.samples):
+        assert not counter_diff(sa["counters"], sb["counters"], rel=rel,
+                                slack=0 if rel == 0 else 16)
     if mode == "selective":
         assert a.selective["switches"] > 10
         assert a.selective["decisions"] == b.selective["decisions"]
@@ -200,3 +232,68 @@ def _one(rec):
 def test_bad_repeat_counts_are_clear_errors(rec, msg):
     with pytest.raises(TraceError, match=msg):
         simulate(_one(rec), Config(), "native")
+
+
+# --------------------------------------------------------------------------------------------
+# the lines bitmaps of the reference collapser
+
+
+def test_reference_collapser_lines():
+    """Hand-built runs: a page swept by 8-byte loads touches all 64 lines, 512 loads of one
+    word only the first access's line (0: not recorded), an access across two lines sets
+    both, a page-crossing access folds nothing, fetches and events carry none."""
+    P = HEAP + 5 * 4096
+    recs = [(IF, CODE, 4, 1, 1)]
+    recs += [(L, P + 8 * i, 8, 1, 0) for i in range(512)]         # a sweep: every line
+    recs += [(IF, CODE + 4, 4, 1, 1)]
+    recs += [(S, P + 4096 + 64, 8, 1, 0)] * 512                    # one word, 512 times
+    recs += [(M, P + 100, 4, 1, 0), (M, P + 60, 8, 1, 0), (M, P + 130, 2, 1, 0)]
+    recs += [(MMAP, HEAP, 4096, 1, 0)]                              # closes the runs
+    recs += [(M, P + 4090, 8, 1, 0), (M, P + 4096 + 8, 8, 1, 0), (M, P + 4096 + 16, 8, 1, 0)]
+    recs += [(L, P + 200, 8, 1, 0), (L, P + 4032, 128, 1, 0), (L, P + 8, 8, 1, 0)]
+    for i in range(3):
+        recs += [(IF, CODE + 8 * i, 4, 1, 1), (L, P + 64 * 63, 8, 1, 0)]  # fetches between
+    col = collapse(Trace.from_records(recs, meta={}), g=1 << 20)
+    got = [(int(k), int(a), int(r), int(ln))
+           for k, a, r, ln in zip(col.kind, col.addr, col.repeat, col.lines)]
+    assert got == [
+        (IF, CODE, 2, 0),
+        (L, P, 512, 2**64 - 1),
+        (S, P + 4096 + 64, 512, 0),
+        (M, P + 100, 3, 0b111),           # lines 1, then 0 and 1 (bytes 60-67), then 2
+        (MMAP, HEAP, 1, 0),
+        (M, P + 4090, 1, 0),              # crosses a page: a record of its own
+        (M, P + 4096 + 8, 2, 0),          # the same line twice
+        (L, P + 200, 1, 0),
+        (L, P + 4032, 1, 0),              # crosses: closes the run
+        (L, P + 8, 4, 1 | 1 << 63),       # then line 63 three times, fetches in between
+        (IF, CODE, 3, 0),
+    ]
+    assert col.accesses == Trace.from_records(recs).accesses
+
+
+def test_reference_lines_invariants(traces):
+    """In the random trace: only data records of two or more accesses have bitmaps, and each
+    holds the first access's lines and at least one more line of the page."""
+    full, col = traces
+    has = col.lines != 0
+    assert has.sum() > 100
+    assert (col.kind[has] >= L).all() and (col.kind[has] <= M).all()
+    assert (col.repeat[has] >= 2).all()
+    for a, s, ln in zip(col.addr[has].tolist(), col.size[has].tolist(),
+                        col.lines[has].tolist()):
+        first = bitmap(lines_touched(a, s))
+        assert ln & first == first and ln & ~first
+
+
+def test_line_bits_helper_matches_the_reference():
+    """``records.line_bits`` (for consumers of the column) against this file's sets."""
+    from memvirt.trace.records import line_bits
+
+    rng = np.random.default_rng(3)
+    cases = [(0, 1), (63, 2), (4095, 1), (4088, 16), (0, 4096), (64, 4096), (4032, 64)]
+    cases += [(int(a), int(s)) for a, s in zip(rng.integers(0, 1 << 40, 2000),
+                                               rng.choice([1, 2, 4, 8, 16, 32, 64, 100, 512,
+                                                           5000], 2000))]
+    for a, s in cases:
+        assert line_bits(a, s) == bitmap(lines_touched(a, s)), (a, s)

@@ -16,7 +16,7 @@ from memvirt import state as X
 from memvirt.cli import main
 from memvirt.config import Config
 from memvirt.errors import MemvirtError
-from memvirt.hw.walk import walk_1d, walk_2d
+from memvirt.hw.walk import walk_1d, walk_2d, walk_shadow_pae
 from memvirt.report.explain import WALK_CACHES, example_trace, explain, replay
 from memvirt.trace.synth import synthesize
 
@@ -69,21 +69,27 @@ def _kernel_counts(m, mode: str, slot: int, va: int, caches: bool) -> np.ndarray
     C = st.counters
     before = C.copy()
     if mode == "native":
-        walk_1d(st, st.guest_upper, st.guest_leaf, slot, st.spaces[slot, X.SL_ROOT_GFN], va)
+        walk_1d(st, st.guest_upper, st.guest_leaf, slot, st.spaces[slot, X.SL_ROOT_GFN], va,
+                st.scalars[X.S_ENTRY_BYTES])
+    elif mode == "shadow" and st.scalars[X.S_PAE_SHADOW]:
+        walk_shadow_pae(st, slot, va)
     elif mode == "shadow":
-        walk_1d(st, st.shadow_upper, st.shadow_leaf, slot, st.spaces[slot, X.SL_SROOT], va)
+        walk_1d(st, st.shadow_upper, st.shadow_leaf, slot, st.spaces[slot, X.SL_SROOT], va,
+                st.scalars[X.S_ENTRY_BYTES])
     else:
         walk_2d(st, slot, va)
     return C - before
 
 
+@pytest.mark.parametrize("levels", [2, 4])
 @pytest.mark.parametrize("trace_kind", ["example", "chase"])
-def test_matches_compiled_walkers(trace_kind):
+def test_matches_compiled_walkers(trace_kind, levels):
     from memvirt.report.explain import explain_machine
 
-    cfg = Config()
+    cfg = Config().with_overrides({"guest.levels": levels})
     if trace_kind == "example":
-        trace, va = example_trace(ADDR), ADDR
+        va = ADDR if levels > 2 else 0x2345_6789  # a 32-bit guest needs a 32-bit address
+        trace = example_trace(va)
     else:
         trace = synthesize("chase", records=30000, footprint_mib=2, span_mib=64, seed=5)
         acc = np.flatnonzero(trace.kind <= 3)
@@ -95,16 +101,18 @@ def test_matches_compiled_walkers(trace_kind):
             e = explain_machine(m, mode, va, slot, caches)
             d = _kernel_counts(m, mode, slot, va, caches)
             assert e.refs == d[K.WALK_REFS], (mode, caches)
-            assert e.ref_hits == d[K.REF_HIT], (mode, caches)
-            assert e.ref_misses == d[K.REF_MISS], (mode, caches)
+            for i, level in enumerate(("L1", "L2", "L3")):
+                assert e.refs_at(level) == d[K.REF_L1 + i], (mode, caches, level)
+            assert e.refs_at("DRAM") == d[K.REF_DRAM], (mode, caches)
             assert e.nested_refs == d[K.WALK_REFS_NESTED], (mode, caches)
             assert e.count("psc") == d[K.PSC_HIT], (mode, caches)
             assert e.count("ntlb") == d[K.NTLB_HIT], (mode, caches)
             assert e.count("npsc") == d[K.NPSC_HIT], (mode, caches)
             bd = K.breakdown(d, cfg.cost)
             assert e.cycles == pytest.approx(bd["walk"]), (mode, caches)
-            if not caches:
-                assert e.refs == (24 if mode == "nested" else 4)
+            if not caches:  # closed forms: n, n (PAE shadow: 2), (n+1)(m+1)-1
+                assert e.refs == {"nested": (levels + 1) * 5 - 1, "shadow": 2 if levels == 2
+                                  else levels, "native": levels}[mode]
 
 
 @pytest.mark.parametrize("levels, ept, page, addr, refs", [

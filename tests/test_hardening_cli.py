@@ -38,7 +38,7 @@ def _err(capsys) -> str:
      ["selective.period_instructions", "4611686018427387904"]),
     ("hw.stlb.entries=68719476736", ["hw.stlb.entries", "16777216"]),
     ("hw.stlb.ways=128", ["hw.stlb.ways", "64"]),
-    ("hw.pte_cache.entries=68719476736", ["hw.pte_cache.entries", "16777216"]),
+    ("hw.l2.entries=68719476736", ["hw.l2.entries", "16777216"]),
     ("vmm.oos_pages=100000000000", ["vmm.oos_pages"]),
 ])
 def test_config_values_that_cannot_be_simulated(override, needles, capsys):

@@ -3,7 +3,8 @@
 Decoder tests use hand-built byte strings.  Tool tests (marked ``valgrind``) compare the tool
 with independent references: Valgrind's own Lackey run with the same VALGRIND_LIB and
 environment (per-process-image I/L/S/M line counts; with ``--collapse=none`` the accesses
-one for one), and a straightforward Python collapser written from the format document."""
+one for one), a straightforward Python collapser written from the format document, and the
+reference collapser of test_collapse.py (records, repeat counts and lines bitmaps)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ import pytest
 from memvirt.errors import TraceError
 from memvirt.trace import mvstream as mv
 from memvirt.trace import mvtool
+from memvirt.trace.records import Kind, Trace
+
+from .test_collapse import collapse as collapse_trace
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PAGE = 4096
@@ -50,19 +54,35 @@ def sv(x: int) -> bytes:
 
 
 def header(pid=10, ppid=1, seq=0, collapse=1, sync=8192, flags=0, magic=b"MVTRACE\0",
-           version=1) -> bytes:
+           version=2) -> bytes:
     return struct.pack("<8sIIIIIIII24x", magic, version, 64, pid, ppid, seq, collapse, sync,
                        flags)
 
 
-def acc(kind: int, delta: int, size: int | None = None, rep: int = 1) -> bytes:
-    """An access record; size None sets the size-same bit."""
-    tag = kind | (0x10 if rep != 1 else 0) | (0x20 if size is None else 0)
+def lines_field(bitmap: int, addr: int, size: int) -> int:
+    """The lines field of a record whose accesses touched the lines of ``bitmap``, written
+    out from the format document with a list: the lines other than the first access's
+    (f..l), in order of distance from them (l+1, f-1, l+2, f-2 ..., within the page); bit k
+    stands for the k-th."""
+    off = addr % PAGE
+    f, last = off // 64, min(off + size - 1, PAGE - 1) // 64
+    order = [c for d in range(1, 64) for c in (last + d, f - d) if 0 <= c < 64]
+    return sum(1 << k for k, c in enumerate(order) if bitmap >> c & 1)
+
+
+def acc(kind: int, delta: int, size: int | None = None, rep: int = 1,
+        lines: int | None = None) -> bytes:
+    """An access record; size None sets the size-same bit; lines (the raw field value) sets
+    bit 6 (format 2)."""
+    tag = (kind | (0x10 if rep != 1 else 0) | (0x20 if size is None else 0)
+           | (0x40 if lines is not None else 0))
     out = bytes([tag]) + sv(delta)
     if size is not None:
         out += uv(size)
     if rep != 1:
         out += uv(rep)
+    if lines is not None:
+        out += uv(lines)
     return out
 
 
@@ -72,6 +92,8 @@ def syscall(sysno, args, result=None) -> bytes:
     return out + (sv(result) if result is not None else b"")
 
 
+SAMPLE_BITMAP = 1 << 63 | 1 << 17 | 1  # lines 63 (the first access's), 17 and 0
+SAMPLE_FIELD = 1 << 62 | 1 << 45  # from line 63 down: 62 is the 0th, 17 the 45th, 0 the 62nd
 SAMPLE = (
     header()
     + bytes([0x43]) + uv(0x400000) + uv(8192) + uv(5) + uv(1)        # MAP
@@ -81,7 +103,7 @@ SAMPLE = (
     + acc(2, 16, None, rep=2)                                         # S 0x7fff0010, size 8
     + acc(0, 0x20, None)                                              # I 0x401020, size 4
     + acc(3, -0x7FFF0010 + 0x600000, 4)                               # M 0x600000
-    + acc(1, -8, None, rep=300)                                       # L 0x5ffff8, size 4
+    + acc(1, -8, None, rep=300, lines=SAMPLE_FIELD)                   # L 0x5ffff8, size 4
     + syscall(9, [0, 4096, 3, 34, -1, 0], 0x7F0000000000)             # mmap
     + acc(0, 2**63 - 0x401020, 1)                                     # I at 2**63 (a wrap)
     + bytes([0x44]) + uv(9) + b"/bin/true"                            # EXEC_PATH
@@ -95,6 +117,7 @@ SAMPLE_RECORDS = [
     (0, 0x401000, 4, 3), (1, 0x7FFF0000, 8, 1), (2, 0x7FFF0010, 8, 2), (0, 0x401020, 4, 1),
     (3, 0x600000, 4, 1), (1, 0x5FFFF8, 4, 300), (0, 2**63, 1, 1),
 ]
+SAMPLE_LINES = [0, 0, 0, 0, 0, SAMPLE_BITMAP, 0]
 SAMPLE_EVENTS = [
     (0, mv.EV_MAP, (0x400000, 8192, 5, 1)),
     (0, mv.EV_THREAD, (1,)),
@@ -119,11 +142,13 @@ def records(block) -> list[tuple[int, int, int, int]]:
 def test_decode_sample():
     dec = mv.StreamDecoder("s.bin")
     block = dec.feed(SAMPLE)
-    assert dec.header == mv.StreamHeader(10, 1, 0, 1, 8192, 0)
+    assert dec.header == mv.StreamHeader(10, 1, 0, 1, 8192, 0, 2)
     assert records(block) == SAMPLE_RECORDS
+    assert block.lines.tolist() == SAMPLE_LINES
     assert block.events == SAMPLE_EVENTS
     assert block.kind.dtype == np.uint8 and block.addr.dtype == np.uint64
     assert block.size.dtype == np.uint64 and block.repeat.dtype == np.uint32
+    assert block.lines.dtype == np.uint64
     assert dec.ended and dec.pending == 0 and dec.offset == len(SAMPLE) and dec.records == 7
 
 
@@ -134,6 +159,7 @@ def test_decode_any_split(step):
     blocks = [dec.feed(SAMPLE[i:i + step]) for i in range(0, len(SAMPLE), step)]
     whole = mv.concat_blocks(blocks)
     assert records(whole) == SAMPLE_RECORDS
+    assert whole.lines.tolist() == SAMPLE_LINES  # (the lines field's varint is cut too)
     assert whole.events == SAMPLE_EVENTS
     assert dec.pending == 0 and dec.offset == len(SAMPLE)
 
@@ -161,6 +187,7 @@ def test_decode_with_small_scratch(monkeypatch):
     many = SAMPLE + b"".join(bytes([0x42]) + uv(i) + acc(2, 8, None) for i in range(200))
     block = mv.StreamDecoder("s.bin").feed(many)
     assert records(block)[:7] == SAMPLE_RECORDS and len(block) == 207
+    assert block.lines.tolist() == SAMPLE_LINES + [0] * 200
     assert block.events[:8] == SAMPLE_EVENTS
     assert block.events[8:] == [(7 + i, mv.EV_THREAD, (i,)) for i in range(200)]
 
@@ -183,6 +210,104 @@ def test_size_same_is_per_stream():
     block = mv.StreamDecoder("v", header=False).feed(body)
     assert records(block) == [(0, 0x1000, 5, 1), (1, 0x9000, 8, 1), (0, 0x1005, 5, 1),
                               (2, 0x9008, 8, 1)]
+
+
+def bare(recs) -> bytes:
+    """Access records from absolute (kind, addr, size, rep, lines bitmap or None) (deltas
+    per stream); bytes in the list are copied (events)."""
+    out, prev = b"", [0, 0]
+    for r in recs:
+        if isinstance(r, bytes):
+            out += r
+            continue
+        k, a, s, rep, ln = r
+        out += acc(k, a - prev[k != 0], s, rep, None if ln is None else lines_field(ln, a, s))
+        prev[k != 0] = a
+    return out
+
+
+LINES_RECORDS = [
+    (0, 0x401000, 4, 5, None),                 # a fetch: never a bitmap
+    (1, 0x9000, 8, 64, 2**64 - 1),             # a sweep of the page
+    (2, 0x9040, 8, 512, None),                 # one word 512 times: absent, 0
+    (3, 0xA03C, 8, 2, 0b111),                  # bytes 60-67 (lines 0, 1) and line 2
+    bytes([0x42]) + uv(3),                     # THREAD: tag 0x42 is an event, not bit 6
+    (1, 0xAFC0, 4, 3, 0b11 << 62),             # line 63 (the first access's) and 62
+    (2, 0xBFF0, 32, 2, 1 << 63 | 1),           # crossing: line 63 of its first page, and 0
+    (1, 0xC000, 8, 1, None),                   # a single access
+    (3, 0xC03C, 8, 9, 1 << 63 | 0b11),         # bytes 60-67 (lines 0, 1) and line 63
+    (1, 0xC200, 8, 9, 1 << 63 | 1 << 3 | 1 << 8),  # line 8 (the first access's), 3 and 63
+]
+
+
+def test_lines_field_order():
+    """The field's bits, by hand: from line 8, the order is 9, 7, 10, 6, 11, 5, 12, 4, 13, 3
+    (the 9th), ..., 16, 0 (the 15th), then 17 ... 63 (the 62nd)."""
+    assert lines_field(1 << 9, 0xC200, 8) == 1
+    assert lines_field(1 << 7, 0xC200, 8) == 2
+    assert lines_field(1 << 63 | 1 << 3 | 1 << 8, 0xC200, 8) == 1 << 62 | 1 << 9
+    assert lines_field(1 << 0, 0xC200, 8) == 1 << 15
+    assert lines_field(1 << 17, 0xC200, 8) == 1 << 16
+    assert lines_field(2**64 - 1, 0xC200, 8) == 2**63 - 1
+    assert lines_field(1 << 2, 0xC03C, 8) == 1  # first access on lines 0 and 1
+    assert lines_field(1 << 63, 0xC03C, 8) == 1 << 61
+    assert lines_field(1 << 62, 0xCFF8, 16) == 1  # crossing: line 63 of the first page
+
+
+def test_lines_field():
+    """Tag bit 6: a uv lines field after repeat (format 2), decoded into the whole bitmap;
+    0 where absent."""
+    block = mv.StreamDecoder("v", header=False).feed(bare(LINES_RECORDS))
+    recs = [r for r in LINES_RECORDS if not isinstance(r, bytes)]
+    assert records(block) == [r[:4] for r in recs]
+    assert block.lines.tolist() == [r[4] or 0 for r in recs]
+    assert block.events == [(4, mv.EV_THREAD, (3,))]
+    # the same in a version 2 stream, cut at every byte
+    data = header() + bare(LINES_RECORDS)
+    dec = mv.StreamDecoder("v2")
+    whole = mv.concat_blocks([dec.feed(data[i:i + 1]) for i in range(len(data))])
+    assert whole.lines.tolist() == block.lines.tolist() and dec.pending == 0
+
+
+def test_version_1_streams_have_no_lines():
+    """Format 1 streams read as before (lines all 0); tag bit 6 is not an access bit there."""
+    plain = [r if isinstance(r, bytes) else (*r[:4], None) for r in LINES_RECORDS]
+    dec = mv.StreamDecoder("v1")
+    block = dec.feed(header(version=1) + bare(plain))
+    assert dec.header.version == 1
+    assert records(block) == [r[:4] for r in plain if not isinstance(r, bytes)]
+    assert block.lines.tolist() == [0] * len(block) and len(block) == 9
+    with pytest.raises(TraceError, match="v1b: byte 64: .*unknown record tag \\(tag 0x71\\)"):
+        mv.StreamDecoder("v1b").feed(header(version=1) + acc(1, 0, None, 2, 0b11))
+
+
+def test_full_streams_have_no_lines():
+    """A collapse=none stream: lines all 0 (a shared read-only column: no copy per block),
+    and a lines field is an unknown tag there."""
+    plain = [r if isinstance(r, bytes) else (*r[:4], None) for r in LINES_RECORDS]
+    block = mv.StreamDecoder("none").feed(header(collapse=0) + bare(plain))
+    assert len(block) == 9 and not block.lines.any() and not block.lines.flags.writeable
+    assert records(block) == [r[:4] for r in plain if not isinstance(r, bytes)]
+    with pytest.raises(TraceError, match="none2: byte 64: .*unknown record tag \\(tag 0x52\\)"):
+        mv.StreamDecoder("none2").feed(header(collapse=0) + acc(2, 0, 8, 2, 1))
+
+
+@pytest.mark.parametrize("rec, what", [
+    ((0, 0x1000, 4, 2, 1), r"lines field \(tag bit 6\) on an instruction fetch record"),
+    ((1, 0x1000, 8, 2, 0), "lines field of 0"),
+    ((1, 0x1FC0, 8, 2, 1 << 63), "beyond the page"),      # from line 63: 63 lines, bits 0-62
+    ((1, 0x1FC0, 128, 2, 1 << 63), "beyond the page"),    # crossing: the same
+    ((3, 0x103C, 8, 2, 1 << 62), "beyond the page"),      # lines 0-1 first: bits 0-61
+    ((2, 0x1000, 4096, 2, 1), "beyond the page"),         # the whole page first: no bit
+])
+def test_lines_field_errors(rec, what):
+    """A lines field where the format allows none, or a value that names no line or a line
+    beyond the page: the file and the bad record's byte offset are named."""
+    first = acc(1, 0x1000, 8) + acc(0, 0x1000, 4)  # both streams at 0x1000
+    k, a, size, r, ln = rec
+    with pytest.raises(TraceError, match=what) as e:
+        mv.StreamDecoder("bad.bin").feed(header() + first + acc(k, a - 0x1000, size, r, ln))
+    assert f"bad.bin: byte {64 + len(first)}: malformed mvtrace stream" in str(e.value)
 
 
 @pytest.mark.parametrize("body, what", [
@@ -209,8 +334,9 @@ def test_header_errors():
     assert (h.pid, h.ppid, h.seq, h.collapse, h.sync, h.exec_image) == (5, 4, 2, 0, 100, True)
     with pytest.raises(TraceError, match="f1.*magic"):
         mv.parse_header(header(magic=b"LACKEY\0\0"), "f1")
-    with pytest.raises(TraceError, match="f2.*version 2"):
-        mv.parse_header(header(version=2), "f2")
+    with pytest.raises(TraceError, match="f2.*version 3 is not supported.*versions 1, 2"):
+        mv.parse_header(header(version=3), "f2")
+    assert mv.parse_header(header(version=1), "f").version == 1
     with pytest.raises(TraceError, match="f3.*64 bytes"):
         mv.parse_header(header()[:40], "f3")
     with pytest.raises(TraceError, match="f4.*magic"):
@@ -296,7 +422,8 @@ def test_tool_dir_from_environment(monkeypatch, tmp_path):
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "mvtrace-amd64-linux").write_bytes(b"")
     assert mvtool.tool_dir() == tmp_path.resolve()
-    assert mvtool.TOOL_VERSION == f"1-{mvtool.source_hash()}"
+    assert mvtool.TOOL_VERSION == f"2-{mvtool.source_hash()}" == \
+        f"{mv.FORMAT_VERSION}-{mvtool.source_hash()}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +573,45 @@ def assert_same_but_random(got, want, stack):
         assert lo <= g[1] < stack[1] and lo <= w[1] < stack[1], (g, w)
 
 
+def stream_trace(block, pid: int = 1) -> Trace:
+    """A decoded stream as a ``Trace`` for test_collapse.py's reference collapser: its access
+    records (a fetch record of repeat n retires n instructions) and, at each of its events
+    (all of which close the runs), a SWITCH record."""
+    pos = np.array([p for p, _, _ in block.events], np.int64)
+    n, ne = len(block), len(pos)
+    icount = np.where(block.kind == 0, block.repeat, 0).astype(np.uint32)
+    return Trace(kind=np.insert(block.kind, pos, np.full(ne, int(Kind.SWITCH), np.uint8)),
+                 addr=np.insert(block.addr, pos, np.zeros(ne, np.uint64)),
+                 size=np.insert(block.size, pos, np.zeros(ne, np.uint64)),
+                 pid=np.full(n + ne, pid, np.int64),
+                 icount=np.insert(icount, pos, np.zeros(ne, np.uint32)),
+                 repeat=np.insert(block.repeat, pos, np.ones(ne, np.uint32)),
+                 lines=np.insert(block.lines, pos, np.zeros(ne, np.uint64)))
+
+
+def check_lines_against_reference(full, page, sync: int, stack) -> int:
+    """The collapsed stream ``page`` equals test_collapse.py's reference collapser applied
+    to the full stream ``full`` of another run of the same program, record for record
+    (kind, address, size, instructions, repeat and lines bitmap; sync points and events
+    included), but for the few stack loads whose address is random in every run (see
+    ``assert_same_but_random``).  Returns the number of records with a bitmap."""
+    assert set(full.repeat.tolist()) <= {1} and not full.lines.any()
+    want = collapse_trace(stream_trace(full), g=sync)
+    got = stream_trace(page)
+    rows = [list(zip(*(c.tolist() for c in t.columns().values()))) for t in (got, want)]
+    assert len(rows[0]) == len(rows[1])
+    differ = [(g, w) for g, w in zip(*rows) if g != w]
+    assert len(differ) <= 16, differ[:5]
+    lo = stack[0] - (1 << 20)
+    for g, w in differ:
+        # loads on the stack, where a random 1-byte load was the first access (its address)
+        # or a folded one (the bitmap)
+        assert g[0] == w[0] == 1 and g[2:6] == w[2:6], (g, w)
+        assert lo <= g[1] < stack[1] and lo <= w[1] < stack[1], (g, w)
+        assert g[1] == w[1] or g[2] == 1, (g, w)
+    return int((got.lines != 0).sum())
+
+
 @valgrind
 def test_single_process_exact(tmp_path, programs):
     """One process: collapse=none equals Lackey line for line; collapse=page equals the
@@ -475,6 +641,12 @@ def test_single_process_exact(tmp_path, programs):
     assert [p for p, _, _ in page.events] == ref_events
     assert [t for _, t, _ in page.events] == [t for _, t, _ in full.events]
     check_collapse_invariants(h1, page)
+    # the lines bitmaps (and everything else) against test_collapse.py's reference collapser
+    assert not full.lines.any()
+    with_lines = check_lines_against_reference(full, page, h1.sync, stack[0])
+    assert with_lines > 100
+    sweeps = page.lines == np.uint64(2**64 - 1)  # rep stos / memset / memcpy over whole pages
+    assert sweeps.sum() >= 10 and (page.kind[sweeps] != 0).all()
     # MAP records first, then THREAD, before any access record
     tags = [t for p, t, _ in page.events if p == 0]
     assert tags[-1] == mv.EV_THREAD and set(tags[:-1]) == {mv.EV_MAP}
@@ -524,6 +696,33 @@ def test_multi_process_exact(tmp_path, programs):
     waits = [v for _, t, v in b_parent.events if t == mv.EV_SYSCALL_PRE and v[0] == 61]
     assert sorted(forks) == sorted({h.pid for h, _ in got.values()} - {parent})
     assert list(dict.fromkeys(w[2] for w in waits)) == forks  # (Valgrind may restart one)
+
+
+@valgrind
+def test_lines_exact_fork_exec(tmp_path, programs):
+    """Every image of fork + exec + wait (the forked child's stream starts with the clone
+    result; the exec'd image is a file of its own): collapsed with an odd sync interval,
+    each stream equals the reference collapser applied to the same image's full stream of
+    another run, lines bitmaps included.  (Images are matched by the order of their pids.)"""
+    cmd = [str(programs / "mv_multi"), str(programs / "mv_single")]
+    none_out, _ = run_tools(tmp_path / "a", cmd, collapse="none", lackey=False)
+    page_out, _ = run_tools(tmp_path / "b", cmd, collapse="page", sync=777, lackey=False)
+
+    def by_rank(out):
+        got = streams(out)
+        pids = sorted({pid for pid, _ in got})
+        return {(pids.index(pid), seq): v for (pid, seq), v in got.items()}
+
+    full, page = by_rank(none_out), by_rank(page_out)
+    assert sorted(full) == sorted(page) and len(full) == 4
+    stacks = {key: [(v[0], v[0] + v[1]) for _, t, v in b.events if t == mv.EV_MAP and v[3] == 2]
+              for key, (_, b) in full.items()}
+    with_lines = 0
+    for key, (h, block) in page.items():
+        assert h.sync == 777 and h.version == mv.FORMAT_VERSION
+        stack = (stacks[key] or stacks[(0, 0)])[0]  # a forked child: its parent's stack
+        with_lines += check_lines_against_reference(full[key][1], block, 777, stack)
+    assert with_lines > 1000
 
 
 @valgrind

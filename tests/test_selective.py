@@ -114,7 +114,9 @@ SAME_COUNTERS = ("INSTR", "ACCESSES", "LOADS", "STORES", "GPF_DEMAND", "GPF_COW"
 def test_switch_round_trip_keeps_guest_state(oos):
     # Shadow prefetch off: every refilled page is then one hidden fault, which the
     # accounting below counts exactly (test_modes covers the prefetch).
+    # Demand population: frames first used under shadow are populate exits (counted below).
     cfg = Config.from_dict({"vmm": {"out_of_sync": oos, "shadow_prefetch": 0},
+                            "host": {"populate": "demand"},
                             "selective": {"period_instructions": PERIOD_A}})
     trace, old_touched, new_touched = round_trip_trace()
     plain = run_machine(trace, cfg, ["nested"])

@@ -11,8 +11,11 @@ from .helpers import BASE, L, LRUCache, M, S, page_stream, trace
 
 
 def one_level(entries, ways):
+    # The VMM's own translations (its footprint at each exit) would share the TLB: off, so
+    # the guest's accesses are the only ones (tests/test_fidelity.py covers the footprint).
     return Config().with_overrides({"hw.dtlb.entries": entries, "hw.dtlb.ways": ways,
-                                    "hw.stlb.entries": 0})
+                                    "hw.stlb.entries": 0, "vmm.exit_code_pages": 0,
+                                    "vmm.exit_data_pages": 0})
 
 
 @settings(max_examples=40, deadline=None)

@@ -12,6 +12,7 @@ import pytest
 from memvirt.errors import TraceError
 from memvirt.trace.base import load_trace, open_trace
 from memvirt.trace.parquet import (
+    FORMAT_VERSION,
     META_KEY,
     META_VERSION_KEY,
     ParquetTraceSource,
@@ -22,16 +23,23 @@ from memvirt.trace.parquet import (
 from memvirt.trace.records import COLUMNS, Kind, Trace
 
 
-def random_trace(n: int, seed: int = 0) -> Trace:
+def random_trace(n: int, seed: int = 0, lines: bool = True) -> Trace:
+    """Random values in every column (full 64-bit ranges: the file must keep them all).
+    Accesses are at most 64 KiB long (the writer counts every page an access spans),
+    events up to 2**40 bytes."""
     rng = np.random.default_rng(seed)
     kinds = np.array([int(k) for k in Kind], dtype=np.uint8)
     kind = rng.choice(kinds, n).astype(np.uint8)
+    bitmaps = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False) | np.uint64(2**63)
+    size = rng.integers(0, 2**40, n, dtype=np.uint64)
     return Trace(
         kind=kind,
         addr=rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
-        size=rng.integers(0, 2**40, n, dtype=np.uint64),
+        size=np.where(kind <= 3, size & np.uint64(0xFFFF), size),
         pid=rng.integers(-5, 1 << 40, n, dtype=np.int64),
         icount=rng.integers(0, 2**32, n, dtype=np.uint32),
+        repeat=rng.integers(1, 2**32, n, dtype=np.uint32),
+        lines=np.where(rng.random(n) < 0.3, bitmaps, np.uint64(0)) if lines else None,
     )
 
 
@@ -82,7 +90,7 @@ def test_metadata_survives(tmp_path):
             "tools": {"valgrind": "valgrind-3.19.0"}}
     path = write_trace(t, tmp_path / "m.parquet", meta)
     kv = pq.ParquetFile(path).metadata.metadata
-    assert kv[META_VERSION_KEY.encode()] == b"2"
+    assert kv[META_VERSION_KEY.encode()] == b"3" == str(FORMAT_VERSION).encode()
     stored = json.loads(kv[META_KEY.encode()])
     src = open_trace(path)
     assert isinstance(src, ParquetTraceSource)
@@ -103,7 +111,7 @@ def test_plain_columns_for_other_tools(tmp_path):
     table = pq.read_table(path)
     assert table.column_names == list(COLUMNS)
     assert [str(f.type) for f in table.schema] == ["uint8", "uint64", "uint64", "int64", "uint32",
-                                                   "uint32"]
+                                                   "uint32", "uint64"]
     np.testing.assert_array_equal(table.column("addr").to_numpy(), t.addr)
     pd = pytest.importorskip("pandas")
     df = pd.read_parquet(path)
@@ -225,3 +233,70 @@ def test_format_1_files_read_with_repeat_one(tmp_path):
     pq.write_table(table, tmp_path / "v1.parquet")
     back = load_trace(tmp_path / "v1.parquet")
     assert (back.repeat == 1).all() and np.array_equal(back.addr, t.addr)
+    assert back.lines.dtype == np.uint64 and (back.lines == 0).all()
+
+
+def _old_format_file(path, t: Trace, version: int, columns) -> None:
+    table = pa.table({k: getattr(t, k) for k in columns})
+    pq.write_table(table.replace_schema_metadata({META_VERSION_KEY: str(version)}), path)
+
+
+def test_lines_round_trip(tmp_path):
+    """Bitmaps of every bit pattern survive a write and a read, through row groups and
+    chunks that do not line up."""
+    t = random_trace(20_011, seed=6)
+    t.lines[:64] = [1 << i for i in range(64)]
+    t.lines[64:66] = [2**64 - 1, 0]
+    assert (t.lines != 0).sum() > 5000
+    path = write_trace(t, tmp_path / "l.parquet", row_group_records=3_000)
+    assert pq.ParquetFile(path).schema_arrow.field("lines").type == pa.uint64()
+    src = read_parquet(path)
+    assert src.format_version == 3
+    back = Trace.concat(list(src.chunks(777)))
+    assert back.lines.dtype == np.uint64
+    np.testing.assert_array_equal(back.lines, t.lines)
+    assert back.equals(t)
+    # pandas / pyarrow see it as a plain uint64 column
+    assert pq.read_table(path, columns=["lines"]).column(0).to_numpy().tolist() == \
+        t.lines.tolist()
+
+
+def test_traces_without_bitmaps_write_zeros(tmp_path):
+    """A Trace built without lines (shared zero column) writes a lines column of zeros."""
+    t = random_trace(5_000, seed=7, lines=False)
+    assert not t.lines.flags.writeable and (t.lines == 0).all()
+    path = write_trace(t, tmp_path / "z.parquet", row_group_records=1_000)
+    back = load_trace(path)
+    assert (back.lines == 0).all() and len(back.lines) == 5_000 and back.equals(t)
+
+
+@pytest.mark.parametrize("version, columns", [
+    (1, ("kind", "addr", "size", "pid", "icount")),
+    (2, ("kind", "addr", "size", "pid", "icount", "repeat")),
+])
+def test_old_formats_read_with_zero_lines(tmp_path, version, columns):
+    t = random_trace(3_000, seed=8)
+    path = tmp_path / f"v{version}.parquet"
+    _old_format_file(path, t, version, columns)
+    src = read_parquet(path)
+    assert src.format_version == version
+    chunks = list(src.chunks(1_000))
+    assert [len(c) for c in chunks] == [1_000] * 3
+    back = Trace.concat(chunks)
+    assert back.lines.dtype == np.uint64 and (back.lines == 0).all()
+    np.testing.assert_array_equal(back.repeat, t.repeat if version == 2 else 1)
+    for name in ("kind", "addr", "size", "pid", "icount"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(t, name), err_msg=name)
+
+
+def test_format_3_needs_the_lines_column(tmp_path):
+    t = random_trace(10, seed=9)
+    path = tmp_path / "v3.parquet"
+    _old_format_file(path, t, 3, ("kind", "addr", "size", "pid", "icount", "repeat"))
+    with pytest.raises(TraceError, match=r"v3\.parquet: column 'lines' is missing"):
+        read_parquet(path)
+    cols = {k: getattr(t, k) for k in COLUMNS}
+    cols["lines"] = cols["lines"].astype(np.int64)
+    pq.write_table(pa.table(cols), tmp_path / "t.parquet")
+    with pytest.raises(TraceError, match="column 'lines' has type int64, expected uint64"):
+        read_parquet(tmp_path / "t.parquet")

@@ -45,7 +45,8 @@ def _rss_mib() -> float:
 
 def run_bench(records: int = 20_000_000, modes=MODES, traces=("hot", "uniform"),
               config: Config | None = None, progress=None) -> dict:
-    cfg = config or Config()
+    # uniform touches pages all over 4 GiB: the guest needs the memory to hold them
+    cfg = (config or Config()).with_overrides({"guest.memory_mib": 8192})
     warm = hot_trace(10_000)
     for m in modes:  # compile (or load the cache) outside the timed region
         simulate(warm, cfg, m)

@@ -64,6 +64,20 @@ class GuestConfig(_Section):
         "(Linux tlb_single_page_flush_ceiling = 33)",
     )
     max_processes: int = Field(4096, ge=1, le=4096, description="processes alive at once (ASID slots)")
+    memory_mib: int = Field(
+        3072, ge=16, le=1 << 22,
+        description="guest physical memory in MiB: the frames the guest allocates data and "
+        "page-table pages from (the study's guests had 3 GB)")
+    frame_order: Literal["scattered", "sequential"] = Field(
+        "scattered", description="order of the guest's free frames at the start: scattered (a "
+        "guest that has been running: the allocator hands out frames from all over its memory, "
+        "a fixed pseudo-random permutation) or sequential (frame 0, 1, 2...); freed frames are "
+        "reused first (LIFO), as Linux's per-CPU page lists")
+    highpte: bool | None = Field(
+        None, description="page-table pages in high memory (32-bit Linux CONFIG_HIGHPTE): the "
+        "kernel maps each page-table page it works on through a temporary kmap_atomic mapping "
+        "(a fixmap PTE write, and an INVLPG when it is unmapped), which trap under shadow "
+        "paging; null: on for 2-level (32-bit) guests, off otherwise")
 
     @field_validator("levels")
     @classmethod
@@ -76,12 +90,25 @@ class GuestConfig(_Section):
     def va_bits(self) -> int:
         return {2: 32, 3: 32, 4: 48, 5: 57}[self.levels]
 
+    @property
+    def frames(self) -> int:
+        return self.memory_mib * 256
+
+    @property
+    def uses_highpte(self) -> bool:
+        return self.levels == 2 if self.highpte is None else self.highpte
+
 
 class HostConfig(_Section):
     ept_levels: int = Field(4, description="nested (EPT/NPT) table levels: 4 or 5")
     page_size: Literal[4096, 2097152] = Field(
         4096, description="host page size backing guest memory in bytes (4 KiB or 2 MiB)"
     )
+    populate: Literal["boot", "demand"] = Field(
+        "boot", description="when guest memory gets host frames: boot (every frame backed when "
+        "the VM is built, as Xen 3.3's domain builder did: no EPT violations later) or demand "
+        "(on the guest's first use of a frame, one exit each: an EPT violation under nested "
+        "paging, a populate fault under shadow paging, as KVM)")
 
     @field_validator("ept_levels")
     @classmethod
@@ -89,16 +116,6 @@ class HostConfig(_Section):
         if v not in (4, 5):
             raise ValueError("must be 4 or 5")
         return v
-
-
-class PteCacheConfig(CacheGeometry):
-    """Data-cache model for page-table-entry reads made by walks (64-byte lines)."""
-
-    entries: int = Field(
-        4096, ge=0, le=MAX_ENTRIES,
-        description="64-byte lines; 4096 = 256 KiB, Nehalem's L2; 0 disables"
-    )
-    ways: int = Field(8, ge=1, le=MAX_WAYS, description="associativity (Nehalem L2: 8-way)")
 
 
 class HardwareConfig(_Section):
@@ -115,7 +132,15 @@ class HardwareConfig(_Section):
     nested_psc: CacheGeometry = _geom(
         16, 4, "paging-structure cache per upper EPT level (nested dimension)"
     )
-    pte_cache: PteCacheConfig = Field(default_factory=PteCacheConfig)
+    l1d: CacheGeometry = _geom(512, 8, "L1 data cache in 64-byte lines (Nehalem: 32 KiB, 8-way)")
+    l2: CacheGeometry = _geom(4096, 8, "L2 cache in 64-byte lines (Nehalem: 256 KiB, 8-way)")
+    l3: CacheGeometry = _geom(131072, 16, "L3 cache in 64-byte lines (Core i7-860: 8 MiB, "
+                              "16-way, shared)")
+    walks_in_l1d: bool = Field(True, description="page-walk references look up the L1D first "
+                               "(Intel's page-miss handler loads through the L1D)")
+    data_caches: bool = Field(True, description="program data accesses go through the caches "
+                              "(and compete with walk references); false: only walk references "
+                              "do and data costs the flat base CPI (faster to simulate)")
     pcid: bool = Field(False, description="TLB entries tagged by address space (no flush on CR3 "
                        "load); Nehalem has no PCID (it came with Westmere)")
     vpid: bool = Field(True, description="TLB entries tagged by VM (no flush on VM exit/entry)")
@@ -131,6 +156,20 @@ class VmmConfig(_Section):
         32, ge=0, le=512, description="guest entries after the faulting one that a hidden fault "
         "also shadows, stopping at the end of the leaf table or at an entry already shadowed "
         "(Xen sh_prefetch, PREFETCH_DISTANCE = 32); 0 disables")
+    pae_shadows: bool | None = Field(
+        None, description="shadow a 2-level (32-bit) guest with PAE-format shadow tables "
+        "(8-byte entries, 512 per table, the 4 PDPTEs loaded into registers on a CR3 load), as "
+        "Xen does ('2-on-3'); null: on for 2-level guests")
+    exit_code_pages: int = Field(
+        16, ge=0, le=4096, description="pages of VMM code each VM exit runs through (the exit "
+        "and entry path and the handler): each is a VMM-tagged ITLB/STLB entry that may evict a "
+        "guest entry")
+    exit_data_pages: int = Field(
+        16, ge=0, le=4096, description="pages of VMM data each VM exit touches (per-vCPU state, "
+        "the VMCS, shadow and p2m structures): VMM-tagged DTLB/STLB entries")
+    exit_lines: int = Field(
+        64, ge=0, le=1 << 16, description="64-byte lines of VMM data each VM exit touches, "
+        "brought into the L1D/L2/L3 over the guest's lines")
 
 
 class CostConfig(_Section):
@@ -147,12 +186,17 @@ class CostConfig(_Section):
     stlb_hit: float = Field(7.0, ge=0, description="cycles for an L1 TLB miss that hits the L2 TLB "
                             "(Intel optimization manual, Nehalem STLB: 7)")
     walk_base: float = Field(2.0, ge=0, description="fixed cycles per page walk (walker start-up)")
-    pte_cache_hit: float = Field(
-        10.0, ge=0, description="cycles per walk reference that hits the PTE cache "
-        "(Nehalem L2 latency: 10)")
-    pte_cache_miss: float = Field(
-        40.0, ge=0, description="cycles per walk reference that misses (Nehalem L3 ~38; walks "
-        "mostly find PTEs in L3)")
+    l1d_latency: float = Field(4.0, ge=0, description="load-to-use cycles of an L1D hit "
+                               "(Nehalem: 4; Intel optimization manual)")
+    l2_latency: float = Field(10.0, ge=0, description="cycles of an L2 hit (Nehalem: 10)")
+    l3_latency: float = Field(38.0, ge=0, description="cycles of an L3 hit (Nehalem: ~35-40)")
+    dram_latency: float = Field(
+        200.0, ge=0, description="cycles of a load served by DRAM (Nehalem with DDR3: ~65 ns "
+        "after the L3 miss, ~200 cycles at 2.8 GHz)")
+    data_stall_fraction: float = Field(
+        0.5, ge=0, le=1, description="share of a data access's latency beyond the L1D that "
+        "stalls the core (out-of-order execution overlaps the rest with other work; walk "
+        "references, a chain of dependent loads, stall in full)")
     psc_hit: float = Field(0.0, ge=0, description="extra cycles for a paging-structure-cache hit")
     nested_tlb_hit: float = Field(1.0, ge=0, description="cycles per nested TLB hit in a 2D walk")
     guest_fault: float = Field(

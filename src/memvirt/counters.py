@@ -26,49 +26,63 @@ STLB_MISS = 10
 WALKS = 11
 WALK_REFS = 12  # all memory references made by walks (both dimensions)
 WALK_REFS_NESTED = 13  # references into the nested (EPT) table
-REF_HIT = 14  # walk references that hit the PTE cache
-REF_MISS = 15
-PSC_HIT = 16
-NTLB_HIT = 17
-NTLB_MISS = 18
-NPSC_HIT = 19
-GPF_DEMAND = 20
-GPF_COW = 21
-EXIT_PF_TRUE = 22
-EXIT_PF_HIDDEN = 23
-EXIT_PTE_WRITE = 24
-EXIT_CR3 = 25
-EXIT_INVLPG = 26
-EXIT_EPT_VIOLATION = 27
-EXIT_POPULATE = 28
-SHADOW_FILLS = 29  # shadow entries filled (hidden faults and propagated writes)
-SHADOW_PAGES_FREED = 30
-OOS_RESYNCS = 31
-SHADOW_ROOTS = 32  # shadow roots built or torn down (process create/exit under shadow)
-CR3_LOADS = 33
-INVLPGS = 34
-TLB_FLUSHES = 35
-SYSCALLS = 36
-PTE_UPDATES = 37  # guest PTE writes done in bulk by the guest kernel (fork, munmap, exit)
-PROCESS_OPS = 38  # fork, exec, exit
-FORKS = 39
-EXECS = 40
-EXITS = 41
-MMAPS = 42
-MUNMAPS = 43
-BRKS = 44
-GUEST_FRAMES = 45  # guest frames allocated (data + page-table pages)
-HOST_FRAMES = 46  # 4 KiB host frames newly backing guest memory
-PT_PAGES = 47  # guest page-table pages allocated
-MODE_SWITCHES = 48
-SHADOW_PAGES = 49  # shadow pages built
-SHADOW_PREFETCHED = 50  # shadow entries filled ahead by a hidden fault (Xen sh_prefetch)
-NCOUNTERS = 51
+REF_L1 = 14  # walk references by the level of the hierarchy that served them:
+REF_L2 = 15  # REF_L1 + level (hw/memory.py LEVEL_*)
+REF_L3 = 16
+REF_DRAM = 17
+PSC_HIT = 18
+NTLB_HIT = 19
+NTLB_MISS = 20
+NPSC_HIT = 21
+GPF_DEMAND = 22
+GPF_COW = 23
+EXIT_PF_TRUE = 24
+EXIT_PF_HIDDEN = 25
+EXIT_PTE_WRITE = 26
+EXIT_CR3 = 27
+EXIT_INVLPG = 28
+EXIT_EPT_VIOLATION = 29
+EXIT_POPULATE = 30
+SHADOW_FILLS = 31  # shadow entries filled (hidden faults and propagated writes)
+SHADOW_PAGES_FREED = 32
+OOS_RESYNCS = 33
+SHADOW_ROOTS = 34  # shadow roots built or torn down (process create/exit under shadow)
+CR3_LOADS = 35
+INVLPGS = 36
+TLB_FLUSHES = 37
+SYSCALLS = 38
+PTE_UPDATES = 39  # guest PTE writes done in bulk by the guest kernel (fork, munmap, exit)
+PROCESS_OPS = 40  # fork, exec, exit
+FORKS = 41
+EXECS = 42
+EXITS = 43
+MMAPS = 44
+MUNMAPS = 45
+BRKS = 46
+GUEST_FRAMES = 47  # guest frames allocated (data + page-table pages)
+HOST_FRAMES = 48  # 4 KiB host frames newly backing guest memory
+PT_PAGES = 49  # guest page-table pages allocated
+MODE_SWITCHES = 50
+SHADOW_PAGES = 51  # shadow pages built
+SHADOW_PREFETCHED = 52  # shadow entries filled ahead by a hidden fault (Xen sh_prefetch)
+DATA_L1 = 53  # program data accesses by the level that served them: DATA_L1 + level
+DATA_L2 = 54
+DATA_L3 = 55
+DATA_DRAM = 56
+VMM_TLB_FILLS = 57  # TLB entries the VMM's handlers had to (re)load: their own misses
+VMM_LINE_FILLS = 58  # cache lines the VMM's handlers brought into the L1D
+HIGHPTE_MAPS = 59  # kmap_atomic of a page-table page (32-bit guest, page tables in highmem)
+NREF_L1 = 60  # the nested (EPT) dimension's walk references by level: NREF_L1 + level
+NREF_L2 = 61
+NREF_L3 = 62
+NREF_DRAM = 63
+NCOUNTERS = 64
 
 NAMES = [
     "instructions", "accesses", "ifetch", "loads", "stores",
     "itlb_hits", "itlb_misses", "dtlb_hits", "dtlb_misses", "stlb_hits", "stlb_misses",
-    "walks", "walk_refs", "walk_refs_nested", "walk_ref_cache_hits", "walk_ref_cache_misses",
+    "walks", "walk_refs", "walk_refs_nested",
+    "walk_refs_l1", "walk_refs_l2", "walk_refs_l3", "walk_refs_dram",
     "psc_hits", "nested_tlb_hits", "nested_tlb_misses", "nested_psc_hits",
     "guest_faults_demand", "guest_faults_cow",
     "exit_pf_true", "exit_pf_hidden", "exit_pte_write", "exit_cr3", "exit_invlpg",
@@ -78,6 +92,9 @@ NAMES = [
     "forks", "execs", "exits", "mmaps", "munmaps", "brks",
     "guest_frames", "host_frames", "pt_pages", "mode_switches", "shadow_pages",
     "shadow_prefetched",
+    "data_l1", "data_l2", "data_l3", "data_dram",
+    "vmm_tlb_fills", "vmm_line_fills", "highpte_maps",
+    "walk_refs_nested_l1", "walk_refs_nested_l2", "walk_refs_nested_l3", "walk_refs_nested_dram",
 ]
 assert len(NAMES) == NCOUNTERS
 
@@ -93,7 +110,7 @@ EXIT_REASONS = {
 }
 
 BREAKDOWN_KEYS = (
-    "base", "tlb", "walk", "guest_fault", "guest_os",
+    "base", "memory", "tlb", "walk", "guest_fault", "guest_os",
     *(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt", "mode_switch",
 )
 
@@ -107,9 +124,16 @@ def breakdown(c: np.ndarray, cost) -> dict[str, float]:
     c = [float(x) for x in c]
     out = {
         "base": c[INSTR] * cost.base_cpi,
+        # data accesses served below the L1D stall the core (part of the latency is hidden)
+        "memory": (c[DATA_L2] * (cost.l2_latency - cost.l1d_latency)
+                   + c[DATA_L3] * (cost.l3_latency - cost.l1d_latency)
+                   + c[DATA_DRAM] * (cost.dram_latency - cost.l1d_latency))
+        * cost.data_stall_fraction,
         "tlb": c[STLB_HIT] * cost.stlb_hit,
-        "walk": c[WALKS] * cost.walk_base + c[REF_HIT] * cost.pte_cache_hit
-        + c[REF_MISS] * cost.pte_cache_miss + c[PSC_HIT] * cost.psc_hit
+        # a walk is a chain of dependent loads: each reference costs its full latency
+        "walk": c[WALKS] * cost.walk_base + c[REF_L1] * cost.l1d_latency
+        + c[REF_L2] * cost.l2_latency + c[REF_L3] * cost.l3_latency
+        + c[REF_DRAM] * cost.dram_latency + c[PSC_HIT] * cost.psc_hit
         + c[NTLB_HIT] * cost.nested_tlb_hit,
         "guest_fault": c[GPF_DEMAND] * cost.guest_fault + c[GPF_COW] * cost.guest_cow_fault,
         "guest_os": c[SYSCALLS] * cost.guest_syscall + c[PTE_UPDATES] * cost.guest_pte_update

@@ -20,11 +20,25 @@ from .errors import TraceError
 from .guest import os as guest
 from .guest import pagetable as pt
 from .hw import cache as hwc
+from .hw.memory import lookup_line
 from .hw.prefetch import prefetch
 from .hw.tlb import flush_nested, flush_tlbs
 from .trace.records import Kind, Trace
 from .vmm import shadow
 from .vmm.modes import access
+from .vmm.p2m import populate_all
+
+KERNEL_FRAMES = 4096  # the guest kernel's own memory (16 MiB): never handed to processes
+
+
+def free_frames(frames: int, order: str) -> np.ndarray:
+    """The guest's free-frame stack at the start (the top, handed out first, is the end):
+    every frame above the kernel's, in order or in a fixed pseudo-random order."""
+    reserved = min(KERNEL_FRAMES, frames // 4)
+    free = np.arange(frames - 1, reserved - 1, -1, dtype=np.int64)  # lowest on top
+    if order == "scattered":
+        np.random.default_rng(0x6D656D76).shuffle(free)
+    return free
 
 # ----------------------------------------------------------------------------- kernel
 
@@ -32,14 +46,16 @@ PREFETCH_AHEAD = 8  # records between a prefetch and the walk that reads the ent
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _flush_fast(C, cclock, clk, fl, fs, ff):
-    """Add the fast path's local counts to the counters (loads, stores, fetches: all hits)."""
+def _flush_fast(C, cclock, clk, fl, fs, ff, dl1):
+    """Add the fast path's local counts to the counters (loads, stores, fetches: all TLB
+    hits; ``dl1`` data accesses that hit the L1D)."""
     C[K.ACCESSES] += fl + fs + ff
     C[K.LOADS] += fl
     C[K.STORES] += fs
     C[K.IFETCH] += ff
     C[K.DTLB_HIT] += fl + fs
     C[K.ITLB_HIT] += ff
+    C[K.DATA_L1] += dl1
     cclock[0] = clk
 
 
@@ -63,7 +79,43 @@ def _folded_hits(C, k, n):
 
 
 @njit(cache=True, _nrt=False)
-def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, boundary, sync):
+def data_line(st, line):
+    """A data access whose line missed the L1D: the level that serves it (and the fills)."""
+    return lookup_line(st, line, True)
+
+
+@njit(cache=True, _nrt=False)
+def data_lines(st, frame, va, size, n, bitmap):
+    """``n`` data accesses (a record and its folded repeats) of ``size`` bytes at ``va``, on
+    physical frame ``frame``: the lines of the first access, then the other lines of the
+    page in ``bitmap`` (a collapsed record's: every line its accesses touched; 0: only the
+    first access's), are looked up in the caches (each 64-byte line of a page is in a set of
+    its own at every level, so their order does not matter); the remaining accesses touch
+    lines already there: L1D hits."""
+    C = st.counters
+    off = va & 4095
+    end = off + (size - 1 if size > 0 else 0)
+    if end > 4095:
+        end = 4095  # the rest is on the next page (its own step)
+    first = off >> 6
+    last = end >> 6
+    base = frame << 6
+    for ln in range(first, last + 1):
+        C[K.DATA_L1 + lookup_line(st, base + ln, True)] += 1
+    extra = 0
+    b = np.uint64(bitmap)
+    if b != 0:
+        for ln in range(64):
+            if (b >> np.uint64(ln)) & np.uint64(1) and (ln < first or ln > last):
+                C[K.DATA_L1 + lookup_line(st, base + ln, True)] += 1
+                extra += 1
+    if n - 1 - extra > 0:
+        C[K.DATA_L1] += n - 1 - extra  # the same lines again: L1D hits
+
+
+@njit(cache=True, _nrt=False)
+def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end, boundary,
+                sync):
     """Process records [pos, end).  Returns (status, next record index).
 
     A sampling period ends just before the first *sync point* at or after ``boundary``
@@ -72,20 +124,23 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
     collapsed capture always starts a record, so periods fall at the same place in the
     collapsed and the full trace).  A record of ``repeat`` n stands for n accesses to the
     same page: the first is translated, the others are L1 TLB hits (when the L1 TLB is
-    disabled every one is translated).
+    disabled every one is translated); ``lines`` is the bitmap of the page's lines they
+    touched (0: the first access's only), which the data caches see.
     """
     S, C, slots, lim = st.scalars, st.counters, st.spaces, st.limits
     ctag, cstamp, cval = st.cache_tag, st.cache_stamp, st.cache_val
     cgeom, clast, cclock = st.cache_geom, st.cache_last, st.cache_clock
     levels = S[X.S_LEVELS]
-    # The fast path (a single-page access that hits the L1 TLB) keeps its counts, the
-    # instruction count and the LRU clock in locals; they are written back before anything
-    # else runs and on return.
+    data_on = S[X.S_DATA_CACHES] != 0 and cgeom[hwc.L1D, 1] > 0
+    # The fast path (a single-page access that hits the L1 TLB and, for data, the L1D)
+    # keeps its counts, the instruction count and the LRU clock in locals; they are written
+    # back before anything else runs and on return.
     instr = C[K.INSTR]
     clk = cclock[0]
     fl = 0
     fs = 0
     ff = 0
+    dl1 = 0
     for r in range(pos, end):
         k = kind[r]
         s = slot[r]
@@ -93,11 +148,14 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
                 k == 0 and slots[s, X.SL_ALIVE] == 1 and slots[s, X.SL_INSTR] > 0
                 and slots[s, X.SL_INSTR] % sync == 0)):
             C[K.INSTR] = instr
-            _flush_fast(C, cclock, clk, fl, fs, ff)
+            _flush_fast(C, cclock, clk, fl, fs, ff, dl1)
             return X.ST_PERIOD, r
         if k <= 2 and s == S[X.S_CUR]:
             va = np.int64(addr[r])
-            if (va & 4095) + np.int64(size[r]) <= 4096:
+            sz = np.int64(size[r])
+            # one page, and for priced data one line (else the slow path)
+            if (va & 4095) + sz <= 4096 and (k == 0 or not data_on or (
+                    (va & 63) + sz <= 64 and lines[r] == 0)):
                 cid = hwc.ITLB if k == 0 else hwc.DTLB
                 key = (s << 45) | (va >> 12)
                 hit = -1
@@ -114,17 +172,41 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
                             clast[cid, 1] = b + w
                             hit = b + w
                             break
-                if hit >= 0 and (k != 2 or cval[hit] == 1):
-                    n = np.int64(repeat[r])
-                    if k == 0:
-                        ff += n
-                    elif k == 1:
-                        fl += n
-                    else:
-                        fs += n
-                    instr += icount[r]
-                    slots[s, X.SL_INSTR] += icount[r]
-                    continue
+                if hit >= 0 and (k != 2 or (cval[hit] & 1) == 1):
+                    line_hit = True
+                    if k != 0 and data_on:
+                        line = ((cval[hit] >> 1) << 6) | ((va >> 6) & 63)
+                        if clast[hwc.L1D, 0] != line:
+                            lb = cgeom[hwc.L1D, 0] + (line & cgeom[hwc.L1D, 3]) * cgeom[hwc.L1D, 2]
+                            line_hit = False
+                            for w in range(cgeom[hwc.L1D, 2]):
+                                if ctag[lb + w] == line:
+                                    clk += 1
+                                    cstamp[lb + w] = clk
+                                    clast[hwc.L1D, 0] = line
+                                    clast[hwc.L1D, 1] = lb + w
+                                    line_hit = True
+                                    break
+                    if not line_hit:  # the line is below the L1D: fetch it, stay on the fast path
+                        cclock[0] = clk
+                        C[K.DATA_L1 + data_line(st, line)] += 1
+                        clk = cclock[0]
+                        dl1 -= 1  # that access was counted at its level, not as an L1 hit
+                        line_hit = True
+                    if line_hit:
+                        n = np.int64(repeat[r])
+                        if k == 0:
+                            ff += n
+                        else:
+                            if data_on:
+                                dl1 += n
+                            if k == 1:
+                                fl += n
+                            else:
+                                fs += n
+                        instr += icount[r]
+                        slots[s, X.SL_INSTR] += icount[r]
+                        continue
         # Slow path: bring the shared state up to date first.
         if r + PREFETCH_AHEAD < end and kind[r + PREFETCH_AHEAD] <= 3:
             # the leaf entry a later record's walk will read (same slot as pt.find's probe)
@@ -133,10 +215,11 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
             pk = pt.make_key(slot[q], 0, np.int64(addr[q]) >> 12)
             prefetch(tab, (pt.hash_key(pk) & ((tab.shape[0] // pt.STRIDE) - 1)) * pt.STRIDE)
         C[K.INSTR] = instr
-        _flush_fast(C, cclock, clk, fl, fs, ff)
+        _flush_fast(C, cclock, clk, fl, fs, ff, dl1)
         fl = 0
         fs = 0
         ff = 0
+        dl1 = 0
         # Room for what this record may add (a fork copies the parent's whole table).
         need = 4 * levels + 16 + 4 * S[X.S_SH_PREFETCH]  # a record fills at most a few paths
         if k == 11:
@@ -147,12 +230,14 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
                 or S[X.S_SUP_USED] + need > lim[X.LIM_SUP]
                 or S[X.S_SLEAF_USED] + need > lim[X.LIM_SLEAF]
                 or S[X.S_EUP_USED] + need > lim[X.LIM_EUP]
-                or S[X.S_NEXT_GFN] + need > lim[X.LIM_GFN]
                 or S[X.S_HFREE_TOP] + need > lim[X.LIM_HFREE]
                 or S[X.S_GLEAF_USED] + S[X.S_GUP_USED] + need > lim[X.LIM_SCR]
                 or S[X.S_SLEAF_USED] + S[X.S_SUP_USED] + need > lim[X.LIM_SCR]):
             S[X.S_NEED] = need
             return X.ST_GROW, r
+        if S[X.S_GFREE_TOP] < need:
+            S[X.S_ERROR] = X.ERR_OOM
+            return X.ST_ERROR, r
         if slots[s, X.SL_ALIVE] == 0:  # a process already running when the trace starts
             guest.new_address_space(st, s)
         if s != S[X.S_CUR]:
@@ -167,7 +252,7 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
             # translates each page, a Lackey M is a load then a store), or every one of a
             # collapsed record when its L1 TLB is disabled (no folded hits to count).
             times = n if cgeom[hwc.ITLB if k == 0 else hwc.DTLB, 1] == 0 else 1
-            for _ in range(times):
+            for t in range(times):
                 if k == 0:
                     C[K.IFETCH] += 1
                 elif k == 1:
@@ -182,9 +267,16 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
                     p = step >> 1 if k == 3 else step
                     a = va if p == 0 else ((va >> 12) + p) << 12
                     store = 1 if (k == 2 or (k == 3 and (step & 1) == 1)) else 0
-                    if not access(st, s, a, store, k == 0):
+                    v = access(st, s, a, store, k == 0)
+                    if v < 0:
                         S[X.S_ERROR] = X.ERR_LOOP
                         return X.ST_ERROR, r
+                    if k != 0 and data_on and t == 0 and (k != 3 or (step & 1) == 0):
+                        # this page's bytes of the access and of its folded repeats, all
+                        # priced at once (a Lackey M's store hits the line its load
+                        # brought in)
+                        data_lines(st, v >> 1, a, sz - (a - va), n * (2 if k == 3 else 1),
+                                   lines[r] if step == 0 else np.uint64(0))
             if n > times:
                 _folded_hits(C, k, n - times)
         elif k == 8:
@@ -209,7 +301,7 @@ def run_records(st, kind, addr, size, icount, repeat, slot, arg, pos, end, bound
         instr = C[K.INSTR]
         clk = cclock[0]
     C[K.INSTR] = instr
-    _flush_fast(C, cclock, clk, fl, fs, ff)
+    _flush_fast(C, cclock, clk, fl, fs, ff, dl1)
     return X.ST_DONE, end
 
 
@@ -239,8 +331,8 @@ def switch_mode(st, new_mode):
 
 
 @njit(cache=True)
-def _prepare(kind, addr, size, repeat, pid_ids, child_ids, valid_kind, va_limit, alive, slot_of,
-             free_slots, nfree, slot, arg):
+def _prepare(kind, addr, size, repeat, lines, pid_ids, child_ids, valid_kind, va_limit, alive,
+             slot_of, free_slots, nfree, slot, arg):
     """Check every record and assign address-space slots, in one pass.
 
     Returns (error code, record index, nfree); error 0 means the chunk is good.
@@ -251,6 +343,8 @@ def _prepare(kind, addr, size, repeat, pid_ids, child_ids, valid_kind, va_limit,
         k = kind[r]
         if not valid_kind[k]:
             return 4, r, nfree
+        if lines[r] != 0 and (k == 0 or k > 3):
+            return 10, r, nfree  # line bitmaps describe data records only
         if k <= 3 or k == 8 or k == 9:
             a = addr[r]
             sz = size[r]
@@ -333,7 +427,21 @@ class Machine:
         S[X.S_CEIL] = g.munmap_flush_ceiling
         S[X.S_VA_PAGES] = 1 << (self.va_bits - 12)
         S[X.S_EPT_ROOT] = 0
-        S[X.S_NEXT_HFN] = 1  # host frame 0 is the EPT root
+        S[X.S_WALK_L1D] = int(hw.walks_in_l1d)
+        S[X.S_DATA_CACHES] = int(hw.data_caches)
+        S[X.S_ENTRY_BYTES] = 4 if g.levels == 2 else 8  # 32-bit non-PAE entries are 4 bytes
+        S[X.S_HIGHPTE] = int(g.uses_highpte)
+        pae = config.vmm.pae_shadows
+        S[X.S_PAE_SHADOW] = int(g.levels == 2 and (pae is None or pae))
+        S[X.S_VMM_CODE] = config.vmm.exit_code_pages
+        S[X.S_VMM_DATA] = config.vmm.exit_data_pages
+        S[X.S_VMM_LINES] = config.vmm.exit_lines
+        frames = g.frames
+        S[X.S_GUEST_FRAMES] = frames
+        # Host frames: 0 is the EPT root; the guest's backing starts at 1 (boot population:
+        # hfn = 1 + gfn); table pages and demand-backed frames come after it.
+        S[X.S_HOST_BASE] = 1
+        S[X.S_NEXT_HFN] = 1 + (frames if h.populate == "boot" else 0)
         self.S = S
         self.C = np.zeros(K.NCOUNTERS, np.int64)
         geoms = [(0, 0)] * hwc.NSTRUCT
@@ -346,17 +454,19 @@ class Machine:
             if lv < h.ept_levels:
                 geoms[hwc.NPSC0 + lv] = (hw.nested_psc.sets, hw.nested_psc.ways)
         geoms[hwc.NTLB] = (hw.nested_tlb.sets, hw.nested_tlb.ways)
-        geoms[hwc.PTEC] = (hw.pte_cache.sets, hw.pte_cache.ways)
+        geoms[hwc.L1D] = (hw.l1d.sets, hw.l1d.ways)
+        geoms[hwc.L2C] = (hw.l2.sets, hw.l2.ways)
+        geoms[hwc.L3C] = (hw.l3.sets, hw.l3.ways)
         self.caches = hwc.allocate(geoms)
         self.gup = pt.new_table(1024)
         self.gleaf = pt.new_table(1 << 14)
         self.sup = pt.new_table(1024)
         self.sleaf = pt.new_table(1 << 14)
         self.eup = pt.new_table(256)
-        gcap = 1 << 14
-        self.refcnt = np.zeros(gcap, np.int32)
-        self.p2m = np.full(self._p2m_len(gcap), -1, np.int64)
-        self.gfree = np.zeros(gcap, np.int64)
+        self.refcnt = np.zeros(frames, np.int32)
+        self.p2m = np.full(self._p2m_len(frames), -1, np.int64)
+        self.gfree = free_frames(frames, g.frame_order)
+        S[X.S_GFREE_TOP] = len(self.gfree)
         self.hfree = np.zeros(1 << 12, np.int64)
         self.slots = np.zeros((config.guest.max_processes, X.NSLOTCOLS), np.int64)
         self.slots[:, X.SL_SROOT] = -1
@@ -364,6 +474,12 @@ class Machine:
         self.scr = np.zeros((5, 1 << 15), np.int64)
         self.lim = np.zeros(X.NLIMS, np.int64)
         self._update_limits()
+        if h.populate == "boot":
+            # every guest frame backed, and the EPT built, before the guest runs (the EPT
+            # needs about frames / 512 table pages)
+            self.eup = pt.new_table(4 * (frames // 512 + 64))
+            self._update_limits()
+            populate_all(self.state(), frames)
         # process bookkeeping for prepare(): pid -> dense id
         self.pid_ids: dict[int, int] = {}
         self.alive = np.zeros(64, np.int8)
@@ -374,19 +490,19 @@ class Machine:
         self.boundary = np.int64(2**62)
         self.sync = 1  # sync-point interval of the trace (periods end only at sync points)
         self.position = 0  # records run when the last period ended
+        self._zeros = np.zeros(0, np.uint64)  # never written: stands for "no bitmaps"
         self._slot_buf = np.empty(0, np.int64)
         self._arg_buf = np.empty(0, np.int64)
         self.pending_mode: int | None = None  # a mode switch decided at the last period end
 
-    def _p2m_len(self, gcap: int) -> int:
-        return gcap if self.S[X.S_HOST_LEAF] == 0 else (gcap >> 9) + 1
+    def _p2m_len(self, frames: int) -> int:
+        return frames if self.S[X.S_HOST_LEAF] == 0 else (frames >> 9) + 1
 
     def _update_limits(self) -> None:
         lim = self.lim
         for i, t in ((X.LIM_GUP, self.gup), (X.LIM_GLEAF, self.gleaf), (X.LIM_SUP, self.sup),
                      (X.LIM_SLEAF, self.sleaf), (X.LIM_EUP, self.eup)):
             lim[i] = (t.shape[0] // pt.STRIDE) // 2
-        lim[X.LIM_GFN] = self.refcnt.shape[0]
         lim[X.LIM_HFREE] = self.hfree.shape[0]
         lim[X.LIM_SCR] = self.scr.shape[1] - X.SCR_SLACK
 
@@ -401,7 +517,7 @@ class Machine:
             scratch=self.scr)
 
     def grow(self) -> None:
-        """Grow whatever the next record may overflow (tables rehashed, frame arrays extended)."""
+        """Grow whatever the next record may overflow (tables rehashed, free stacks extended)."""
         S, need = self.S, int(self.S[X.S_NEED])
         for name, used in (("gup", X.S_GUP_USED), ("gleaf", X.S_GLEAF_USED),
                            ("sup", X.S_SUP_USED), ("sleaf", X.S_SLEAF_USED),
@@ -411,12 +527,6 @@ class Machine:
                 nt = pt.grow(t, need)
                 setattr(self, name, nt)
                 S[used] = pt.live_count(nt)
-        if S[X.S_NEXT_GFN] + need > self.refcnt.shape[0]:
-            cap = max(2 * self.refcnt.shape[0], int(S[X.S_NEXT_GFN]) + 2 * need)
-            self.refcnt = np.concatenate([self.refcnt, np.zeros(cap - len(self.refcnt), np.int32)])
-            self.gfree = np.concatenate([self.gfree, np.zeros(cap - len(self.gfree), np.int64)])
-            p2m_len = self._p2m_len(cap)
-            self.p2m = np.concatenate([self.p2m, np.full(p2m_len - len(self.p2m), -1, np.int64)])
         if S[X.S_HFREE_TOP] + need > self.hfree.shape[0]:
             cap = max(2 * self.hfree.shape[0], int(S[X.S_HFREE_TOP]) + 2 * need)
             self.hfree = np.concatenate([self.hfree, np.zeros(cap - len(self.hfree), np.int64)])
@@ -427,8 +537,9 @@ class Machine:
         self._update_limits()
 
     # ------------------------------------------------------------------ validation
-    def prepare(self, tr: Trace) -> tuple[np.ndarray, np.ndarray]:
-        """Validate a chunk and map pids to slots.  Raises TraceError naming the record."""
+    def prepare(self, tr: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validate a chunk and map pids to slots (and give its line bitmaps as a writable
+        column).  Raises TraceError naming the record."""
         n = len(tr)
         base = self.records_done
         kind = tr.kind
@@ -447,8 +558,13 @@ class Machine:
         slot = self._slot_buf[:n]  # _prepare writes every element before any is read
         arg = self._arg_buf[:n]
         va_limit = np.uint64(1) << np.uint64(self.va_bits)
-        err, r, self.nfree = _prepare(kind, tr.addr, tr.size, tr.repeat, pid_ids, child_ids,
-                                      _VALID_KIND,
+        lines = tr.lines
+        if not lines.flags.writeable:  # the shared read-only zeros: one compiled signature
+            if len(self._zeros) < n:
+                self._zeros = np.zeros(n, np.uint64)
+            lines = self._zeros[:n]
+        err, r, self.nfree = _prepare(kind, tr.addr, tr.size, tr.repeat, lines, pid_ids,
+                                      child_ids, _VALID_KIND,
                                       va_limit, self.alive, self.slot_of, self.free_slots,
                                       self.nfree, slot, arg)
         if err:
@@ -469,9 +585,11 @@ class Machine:
                    f"(folded accesses must stay on one 4 KiB page)",
                 9: f"repeat count {int(tr.repeat[r])} on a {_kind_name(int(kind[r]))} event "
                    f"(expected 1)",
+                10: f"a lines bitmap (0x{int(tr.lines[r]):x}) on a {_kind_name(int(kind[r]))} "
+                    f"record (bitmaps describe LOAD, STORE and MODIFY records only)",
             }[err]
             raise TraceError(f"record {base + r}: {msg}")
-        return slot, arg
+        return slot, arg, lines
 
     def _dense_ids(self, pids: np.ndarray, children: np.ndarray):
         """Map pids (and fork children) to dense ids 0..P-1, stable across chunks."""
@@ -502,20 +620,27 @@ class Machine:
     def run_chunk(self, tr: Trace, on_period) -> None:
         """Run one chunk.  ``self.boundary`` is the instruction count that ends the current
         period; ``on_period()`` is called at each period end and must advance it."""
-        slot, arg = self.prepare(tr)
+        slot, arg, lines = self.prepare(tr)
         pos, n = 0, len(tr)
         while pos < n:
             if self.pending_mode is not None:
                 self.switch(self.pending_mode)
                 self.pending_mode = None
             status, pos = run_records(self.state(), tr.kind, tr.addr, tr.size, tr.icount,
-                                      tr.repeat, slot, arg, pos, n, self.boundary, self.sync)
+                                      tr.repeat, lines, slot, arg, pos, n, self.boundary,
+                                      self.sync)
             if status == X.ST_GROW:
                 self.grow()
             elif status == X.ST_PERIOD:
                 self.position = self.records_done + pos  # records run so far
                 on_period()
             elif status == X.ST_ERROR:
+                if self.S[X.S_ERROR] == X.ERR_OOM:
+                    g = self.config.guest
+                    raise TraceError(
+                        f"record {self.records_done + pos}: the guest ran out of memory: its "
+                        f"{g.memory_mib:,} MiB (guest.memory_mib) hold fewer free frames than "
+                        f"the trace's processes need; raise guest.memory_mib")
                 raise TraceError(f"record {self.records_done + pos}: internal error: translation "
                                  f"did not settle (please report this trace)")
         self.records_done += n

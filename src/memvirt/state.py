@@ -46,7 +46,7 @@ S_BITS = 2  # index bits per guest level (10 for the 2-level 32-bit guest, else 
 S_EPT_LEVELS = 3
 S_HOST_LEAF = 4  # EPT leaf level: 0 for 4 KiB host pages, 1 for 2 MiB
 S_CUR = 5  # running address space (slot), -1 none
-S_NEXT_GFN = 6
+# 6: unused
 S_GFREE_TOP = 7
 S_NEXT_HFN = 8
 S_HFREE_TOP = 9
@@ -66,7 +66,17 @@ S_NEED = 22  # entries/frames the next record needs (when the driver must grow)
 S_ERROR = 23
 S_VA_PAGES = 24  # number of 4 KiB pages in the guest virtual space
 S_SH_PREFETCH = 25  # shadow entries a hidden fault fills ahead (0: off)
-NSCALARS = 32
+S_WALK_L1D = 26  # walk references look up the L1D first (1) or start at the L2 (0)
+S_DATA_CACHES = 27  # program data accesses go through the caches (1) or not (0)
+S_ENTRY_BYTES = 28  # bytes per guest page-table entry: 4 (32-bit non-PAE) or 8
+S_HIGHPTE = 29  # page-table pages in highmem: kmap_atomic per page-table page the kernel works on
+S_PAE_SHADOW = 30  # a 2-level guest shadowed with PAE-format tables (Xen "2-on-3")
+S_VMM_CODE = 31  # VMM code pages / data pages / cache lines touched per VM exit
+S_VMM_DATA = 32
+S_VMM_LINES = 33
+S_GUEST_FRAMES = 34  # guest physical frames (guest.memory_mib)
+S_HOST_BASE = 35  # first host frame of the guest's backing (boot population: hfn = base + gfn)
+NSCALARS = 48
 
 # slots: per address space
 SL_ALIVE = 0
@@ -86,7 +96,7 @@ LIM_GLEAF = 1
 LIM_SUP = 2
 LIM_SLEAF = 3
 LIM_EUP = 4
-LIM_GFN = 5
+# 5: unused
 LIM_HFREE = 6
 LIM_SCR = 7
 NLIMS = 8
@@ -99,3 +109,6 @@ ST_GROW = 2
 ST_ERROR = 3
 
 ERR_LOOP = 1  # a translation did not settle after handling its faults (internal error)
+ERR_OOM = 2  # the guest has no free frame left (guest.memory_mib too small for the trace)
+
+VMM_SPACE = 4096  # TLB key space of the VMM's own translations (guest slots are 0..4095)

@@ -24,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-lackey", action="store_true",
                    help="with --capture: skip the (slow) Lackey reference run")
     p.add_argument("-o", "--output", help="also write the JSON here")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one config key, e.g. --set hw.data_caches=false (the speed "
+                   "cost of a mechanism; repeatable)")
 
 
 def run(args) -> int:
@@ -39,7 +42,12 @@ def run(args) -> int:
         print(f"  {name:8s} {mode:9s} {r['records_per_s'] / 1e6:8.2f} M records/s",
               file=sys.stderr)
 
-    out = run_bench(args.records, modes, tuple(args.traces.split(",")), progress=progress)
+    from ..config import Config
+
+    cfg = Config.load(overrides=args.overrides)
+    out = run_bench(args.records, modes, tuple(args.traces.split(",")), config=cfg,
+                    progress=progress)
+    out["overrides"] = list(args.overrides)
     if args.formats:
         try:
             from ..trace.bench import run_format_bench

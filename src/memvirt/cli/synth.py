@@ -68,6 +68,14 @@ def run(args) -> int:
     if args.list:
         list_generators()
         return 0
+    from .import_ import sigterm_aborts
+
+    # SIGTERM stops the command like Ctrl-C: the writer drops its temporary file, exit 130
+    with sigterm_aborts() as term:
+        return _run(args, term)
+
+
+def _run(args, term) -> int:
     from ..trace.synth import generators, synthesize
 
     if not args.generator:
@@ -79,9 +87,15 @@ def run(args) -> int:
     t0 = time.perf_counter()
     trace = synthesize(args.generator, **params)
     dt = time.perf_counter() - t0
-    from ..trace.parquet import write_trace
+    from ..trace.parquet import ROW_GROUP_RECORDS, TraceWriter
 
-    path = write_trace(trace, args.output)
+    term.check()
+    path = args.output
+    with TraceWriter(path, dict(trace.meta)) as w:  # what write_trace does, checking SIGTERM
+        for chunk in trace.chunks(ROW_GROUP_RECORDS):
+            term.check()
+            w.write(chunk)
+        term.check()
     print(f"{path}: {len(trace):,} records, {trace.instructions:,} instructions "
           f"({args.generator}, generated in {dt:.2f} s)")
     return 0

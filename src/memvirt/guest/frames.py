@@ -1,4 +1,7 @@
-"""The guest's physical frame allocator (LIFO free list, like Linux's per-CPU hot pages)."""
+"""The guest's physical frame allocator: a LIFO stack of free frames (like Linux's per-CPU hot
+page lists), filled at the start with every frame of the guest's memory in the order of
+``guest.frame_order``; freed frames are reused first.  The driver checks before each record
+that enough frames are free (an empty stack is a clear error, not a crash)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,8 @@ from ..vmm.p2m import back_frame
 def alloc_gfn(st):
     """A free guest frame with reference count 1; returns (gfn, hfn) (hfn -1 when native)."""
     S, C, refcnt, gfree = st.scalars, st.counters, st.frame_refcount, st.guest_free
-    if S[X.S_GFREE_TOP] > 0:
-        S[X.S_GFREE_TOP] -= 1
-        g = gfree[S[X.S_GFREE_TOP]]
-    else:
-        g = S[X.S_NEXT_GFN]
-        S[X.S_NEXT_GFN] += 1
+    S[X.S_GFREE_TOP] -= 1  # never empty here: the driver checked there is room
+    g = gfree[S[X.S_GFREE_TOP]]
     refcnt[g] = 1
     C[K.GUEST_FRAMES] += 1
     h = -1

@@ -77,11 +77,38 @@ def guest_invlpg(st, slot, vpn):
         shadow.oos_resync_page(st, slot, vpn << 12)
 
 
+FIXMAP_VPN = 0xFFBFE  # the kmap_atomic fixmap slot's page (near the top of a 32-bit kernel)
+
+
+@njit(cache=True, _nrt=False)
+def kmap_page_tables(st, slot, n):
+    """The guest kernel works on ``n`` page-table pages that live in high memory (32-bit
+    Linux, CONFIG_HIGHPTE): each is mapped with kmap_atomic (a write to the fixmap PTE) and
+    unmapped with kunmap_atomic (an INVLPG of the fixmap address, which also drops the
+    paging-structure caches).  Under shadow paging the fixmap PTE is in a shadowed kernel
+    page table: the write traps (emulated; an out-of-sync page is resynced by the INVLPG)
+    and the INVLPG exits.  Nothing happens for a guest without highmem page tables."""
+    S, C = st.scalars, st.counters
+    if S[X.S_HIGHPTE] == 0 or n <= 0:
+        return
+    C[K.HIGHPTE_MAPS] += n
+    C[K.PTE_UPDATES] += n
+    C[K.INVLPGS] += n
+    for _ in range(n):
+        invlpg_tlbs(st, X.VMM_SPACE - 1, FIXMAP_VPN)  # kernel mapping: not a process's
+        if S[X.S_MODE] == X.MODE_SHADOW:
+            vm_exit(st, K.EXIT_PTE_WRITE)
+            vm_exit(st, K.EXIT_INVLPG)
+            if S[X.S_OOS] != 0:
+                C[K.OOS_RESYNCS] += 1
+
+
 @njit(cache=True, _nrt=False)
 def page_fault(st, slot, va, leaf_i):
     """The guest's page-fault handler.  ``leaf_i`` >= 0: write to a COW page, else demand."""
     S, C, gup, gleaf, slots, refcnt = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces, st.frame_refcount
     key0 = make_key(slot, 0, va >> 12)
+    kmap_page_tables(st, slot, 1)  # pte_offset_map of the faulting address's page table
     if leaf_i >= 0:
         C[K.GPF_COW] += 1
         old = gleaf[leaf_i * STRIDE + 1] >> 2
@@ -110,12 +137,24 @@ def page_fault(st, slot, va, leaf_i):
     shadow.on_guest_pte_write(st, slot, 0, va)
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _page_tables(scr, nu):
+    """Leaf page-table pages among the ``nu`` upper entries ``collect`` found (level 1 ones
+    point to page tables)."""
+    n = 0
+    for i in range(nu):
+        if scr[1, i] == 1:
+            n += 1
+    return n
+
+
 @njit(cache=True, _nrt=False)
 def _unmap_pages(st, slot, lo, hi):
     """Clear present leaf entries of pages [lo, hi); returns pages cleared."""
     S, C, gup, gleaf, slots = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces
     scr = st.scratch
-    nl, _ = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi, scr)
+    nl, nu = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], lo, hi, scr)
+    kmap_page_tables(st, slot, _page_tables(scr, nu))  # zap_pte_range maps each one
     for t in range(nl):
         c = scr[0, t]
         j = find(gleaf, make_key(slot, 0, c))
@@ -168,6 +207,7 @@ def fork(st, parent, child):
     slots[child, X.SL_BRK] = slots[parent, X.SL_BRK]
     scr = st.scratch
     nl, nu = collect(gup, gleaf, parent, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
+    kmap_page_tables(st, parent, 2 * _page_tables(scr, nu))  # copy_pte_range: src and dst
     used_up = S[X.S_GUP_USED:X.S_GUP_USED + 1]
     used_leaf = S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1]
     for i in range(nu):
@@ -203,6 +243,7 @@ def teardown(st, slot):
     shadow.destroy(st, slot)
     scr = st.scratch
     nl, nu = collect(gup, gleaf, slot, S[X.S_LEVELS], S[X.S_BITS], 0, S[X.S_VA_PAGES], scr)
+    kmap_page_tables(st, slot, _page_tables(scr, nu))  # exit_mmap zaps each page table
     for t in range(nl):
         j = find(gleaf, make_key(slot, 0, scr[0, t]))
         put_frame(st, gleaf[j * STRIDE + 1] >> 2)

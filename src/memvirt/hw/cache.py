@@ -1,4 +1,4 @@
-"""Set-associative LRU structures (TLBs, paging-structure caches, nested TLB, PTE cache).
+"""Set-associative LRU structures (TLBs, paging-structure caches, nested TLB, data caches).
 
 All structures of one machine live in three flat arrays (``tag``, ``stamp``, ``val``)
 described by ``geom[cid] = (base, sets, ways, set_mask)``.  A structure with zero sets
@@ -27,8 +27,10 @@ STLB = 2
 PSC0 = 2  # PSC for guest level L (1..4) is PSC0 + L  -> 3..6
 NTLB = 7
 NPSC0 = 7  # nested PSC for EPT level L (1..4) is NPSC0 + L -> 8..11
-PTEC = 12
-NSTRUCT = 13
+L1D = 12  # data caches, keyed by physical 64-byte line (hw/memory.py)
+L2C = 13
+L3C = 14
+NSTRUCT = 15
 
 
 def allocate(geometries: list[tuple[int, int]]):
@@ -56,6 +58,14 @@ def _use(stamp, last, clock, cid, key, i):
     stamp[i] = clock[0]
     last[cid, 0] = key
     last[cid, 1] = i
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def retouch(tag, stamp, last, clock, cid, key, i):
+    """Make ``key`` (remembered at way ``i`` by ``last``) the most recently used again if it
+    is still there."""
+    if key != EMPTY and i >= 0 and tag[i] == key:
+        _use(stamp, last, clock, cid, key, i)
 
 
 @njit(cache=True, _nrt=False, inline="always")

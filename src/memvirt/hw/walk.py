@@ -1,8 +1,8 @@
 """Page walkers: the one-dimensional walk (native, shadow) and the two-dimensional walk (EPT).
 
 A walk starts at the deepest paging-structure-cache hit and reads one entry per
-remaining level; every read is a *walk reference*, looked up in the PTE cache
-(64-byte lines of host-physical addresses) to decide its latency.  Under nested
+remaining level; every read is a *walk reference*, looked up in the cache hierarchy
+(``hw/memory.py``: 64-byte lines of host-physical addresses) to decide its latency.  Under nested
 paging every guest table pointer is a guest-physical address that must itself be
 translated through the EPT (nested TLB, nested PSC, then EPT references), and so
 is the final data frame: (n+1)(m+1)-1 references with every cache off.
@@ -21,7 +21,8 @@ from .. import counters as K
 from .. import state as X
 from ..guest.pagetable import STRIDE, find, make_key
 from ..vmm.p2m import back_frame, hfn_of
-from .cache import NPSC0, NTLB, PSC0, PTEC, insert, lookup, touch
+from .cache import NPSC0, NTLB, PSC0, insert, lookup
+from .memory import lookup_line
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -36,13 +37,13 @@ def level_index(S, va, lv):
 
 @njit(cache=True, _nrt=False, inline="always")
 def ref(st, paddr):
-    """One walk reference to host-physical byte address ``paddr``."""
-    C, ctag, cstamp, cval, cgeom, clast, cclock = st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
+    """One walk reference to (host-)physical byte address ``paddr``, through the caches;
+    returns the level that served it."""
+    C = st.counters
     C[K.WALK_REFS] += 1
-    if touch(ctag, cstamp, cval, cgeom, clast, cclock, PTEC, paddr >> 6):
-        C[K.REF_HIT] += 1
-    else:
-        C[K.REF_MISS] += 1
+    level = lookup_line(st, paddr >> 6, st.scalars[X.S_WALK_L1D] != 0)
+    C[K.REF_L1 + level] += 1
+    return level
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -62,8 +63,9 @@ def psc_start(st, slot, va, root):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def walk_1d(st, up, leaf, slot, root, va):
-    """Walk a one-dimensional table (guest table natively, shadow table under shadow paging).
+def walk_1d(st, up, leaf, slot, root, va, ebytes):
+    """Walk a one-dimensional table (guest table natively, shadow table under shadow paging)
+    whose entries are ``ebytes`` bytes.
 
     Returns the leaf entry's slot in ``leaf``, or -1 when an entry on the way is not present.
     """
@@ -72,7 +74,7 @@ def walk_1d(st, up, leaf, slot, root, va):
     C[K.WALKS] += 1
     lv, table = psc_start(st, slot, va, root)
     while True:
-        ref(st, (table << 12) + level_index(S, va, lv) * 8)
+        ref(st, (table << 12) + level_index(S, va, lv) * ebytes)
         if lv == 0:
             return find(leaf, make_key(slot, 0, va >> 12))
         k = make_key(slot, lv, va >> level_shift(S, lv))
@@ -82,6 +84,37 @@ def walk_1d(st, up, leaf, slot, root, va):
         table = up[i * STRIDE + 1]
         insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + lv, k, table)
         lv -= 1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def walk_shadow_pae(st, slot, va):
+    """Walk the PAE-format shadow of a 2-level (32-bit) guest (Xen's "2-on-3" shadows).
+
+    The four page-directory pointers are loaded into registers when CR3 is loaded, so a walk
+    reads at most two 8-byte entries: the page-directory entry (shadow root pages: one 4 KiB
+    page per GiB, 512 entries of 2 MiB) and the page-table entry (each 1,024-entry guest page
+    table is shadowed by two 512-entry pages, one per 2 MiB half).  The PDE cache holds 2 MiB
+    regions.  The shadow hash tables keep the guest's geometry (``vmm.shadow``).  Returns
+    the leaf entry's slot in the shadow leaf table, or -1.
+    """
+    C, slots = st.counters, st.spaces
+    ctag, cstamp, cval = st.cache_tag, st.cache_stamp, st.cache_val
+    cgeom, clast, cclock = st.cache_geom, st.cache_last, st.cache_clock
+    C[K.WALKS] += 1
+    pde_key = make_key(slot, 1, va >> 21)
+    i = lookup(ctag, cstamp, cgeom, clast, cclock, PSC0 + 1, pde_key)
+    if i >= 0:
+        C[K.PSC_HIT] += 1
+        table = cval[i]
+    else:
+        ref(st, ((slots[slot, X.SL_SROOT] + ((va >> 30) & 3)) << 12) + ((va >> 21) & 511) * 8)
+        j = find(st.shadow_upper, make_key(slot, 1, va >> 22))
+        if j < 0:
+            return -1
+        table = st.shadow_upper[j * STRIDE + 1] + ((va >> 21) & 1)
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + 1, pde_key, table)
+    ref(st, (table << 12) + ((va >> 12) & 511) * 8)
+    return find(st.shadow_leaf, make_key(slot, 0, va >> 12))
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -113,7 +146,7 @@ def translate_gpa(st, gfn, known_hfn):
             break
     h = -1
     while True:
-        ref(st, (table << 12) + ((gfn >> (9 * lv)) & 511) * 8)
+        C[K.NREF_L1 + ref(st, (table << 12) + ((gfn >> (9 * lv)) & 511) * 8)] += 1
         C[K.WALK_REFS_NESTED] += 1
         if lv == leaf:
             h = known_hfn if known_hfn >= 0 else hfn_of(st, gfn)
@@ -156,7 +189,7 @@ def walk_2d(st, slot, va):
                 return leaf_i
             if psc_key >= 0:
                 insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + psc_lv, psc_key, thfn)
-        ref(st, (thfn << 12) + level_index(S, va, lv) * 8)
+        ref(st, (thfn << 12) + level_index(S, va, lv) * S[X.S_ENTRY_BYTES])
         if lv == 0:
             leaf_i = find(gleaf, make_key(slot, 0, va >> 12))
             if leaf_i < 0:

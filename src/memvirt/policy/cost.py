@@ -9,10 +9,10 @@ Estimator (cycles; ``exit(r)`` = ``vm_exit`` + the VMM's handler for reason ``r`
 
 Under nested, what shadow would change:
 
-- saves the nested dimension of the walks: ``walk_refs_nested`` x ``pte_cache_hit`` +
-  ``nested_tlb_hits`` x ``nested_tlb_hit``.  The EPT is compact (one 4 KiB EPT page maps
-  2 MiB of guest memory, 8 entries share a line), so its references are priced as PTE-cache
-  hits; the guest-dimension references, and their misses, are the same in both modes;
+- saves the nested dimension of the walks: ``walk_refs_nested`` x the period's mean cycles
+  per walk reference (the hierarchy's levels as the period's references hit them) +
+  ``nested_tlb_hits`` x ``nested_tlb_hit``; the guest-dimension references are the same in
+  both modes;
 - pays exits for what the guest did without exiting:
   - each guest fault (demand or COW): ``exit(pf_true)`` for the fault plus
     ``exit(pf_hidden)`` for filling the new entry afterwards (the trapped PTE write or the
@@ -22,7 +22,9 @@ Under nested, what shadow would change:
     (``min(pte_updates, munmaps + brks + process ops)``), plus one ``hv_oos_resync`` each;
   - CR3 loads and full guest TLB flushes (``tlb_flushes`` minus those made by process
     teardown): ``exit(cr3_load)`` each; INVLPGs: ``exit(invlpg)`` each;
-  - process creation/exit: ``hv_process`` per process operation (shadow roots).
+  - process creation/exit: ``hv_process`` per process operation (shadow roots);
+  - page-table pages mapped through kmap_atomic (32-bit guests with highmem page tables):
+    ``exit(pte_write)`` + ``exit(invlpg)`` (+ ``hv_oos_resync``) each.
 
 Under shadow, what nested would change:
 
@@ -31,8 +33,8 @@ Under shadow, what nested would change:
   hidden faults (hidden faults right after a switch are the refill already paid for:
   the first R hidden faults after a nested->shadow switch are not counted, R being the
   refill estimate made at the switch);
-- pays the nested dimension of its walks: ``walks`` x (EPT references per walk x
-  ``pte_cache_hit`` + nested TLB hits per walk x ``nested_tlb_hit``).  The per-walk
+- pays the nested dimension of its walks: ``walks`` x (EPT references per walk x the
+  period's mean cycles per walk reference + nested TLB hits per walk x ``nested_tlb_hit``).  The per-walk
   numbers are measured in the most recent nested period with walks; with none yet, the
   prior is one EPT reference per translated guest-physical address, (references per
   1D walk + 1), the nested TLB and nested paging-structure caches absorbing the rest.
@@ -42,8 +44,9 @@ Switch costs:
 - shadow -> nested: ``mode_switch`` + live shadow pages x ``hv_shadow_page_free``
   (live = shadow pages built - freed, from the counters);
 - nested -> shadow: ``mode_switch`` + R x ``exit(pf_hidden)``, the shadow refill, with
-  R = the pages the new shadow will have to fill, bounded by the guest memory ever backed
-  (``min(host_frames, guest_frames) - pt_pages``, cumulative) and by the walks of the
+  R = the pages the new shadow will have to fill, bounded by the guest memory ever used
+  (``guest_frames - pt_pages``, cumulative; with demand population at most the frames
+  backed, ``host_frames``) and by the walks of the
   expected periods (below) at this period's rate (after the switch's TLB flush every
   distinct page touched costs at least one walk).
 
@@ -95,16 +98,29 @@ class CostPolicy(Policy):
         if self.params["horizon"] <= 0:
             raise ConfigError("policy 'cost' parameter 'horizon' must be positive")
         self._refill_left = 0.0  # hidden faults still expected from the last refill
-        self._nested_per_walk: tuple[float, float] | None = None  # (EPT refs, NTLB hits)
+        # per walk: (EPT refs, NTLB hits, cycles per EPT ref), from the last nested period
+        self._nested_per_walk: tuple[float, float, float] | None = None
         self._refill_part: list[int] = []  # per sample seen: hidden faults that were refill
         self._saving: list[float] = []  # per sample seen: estimated saving of the other mode
         self._runs: list[list] = []  # [mode estimated cheaper, periods, first period] runs
         self._parts: dict[str, float] = {}  # the last sample's estimate, by component
 
     # ------------------------------------------------------------------ pieces
+    def ref_cycles(self, c: np.ndarray, nested: bool = False) -> float:
+        """Mean cycles of one walk reference in a period (by the levels its references hit),
+        of the nested dimension's references only with ``nested``."""
+        first = K.NREF_L1 if nested else K.REF_L1
+        counts = [int(c[first + i]) for i in range(4)]
+        refs = sum(counts)
+        if not refs:
+            return self.unit("l2_latency")
+        lat = sum(n * self.unit(u) for n, u in zip(counts, (
+            "l1d_latency", "l2_latency", "l3_latency", "dram_latency")))
+        return lat / refs
+
     def shadow_delta(self, c: np.ndarray) -> tuple[float, dict]:
         """Cycles shadow would add (+) or save (-) for a period that ran nested."""
-        save = (int(c[K.WALK_REFS_NESTED]) * self.unit("pte_cache_hit")
+        save = (int(c[K.WALK_REFS_NESTED]) * self.ref_cycles(c, nested=True)
                 + int(c[K.NTLB_HIT]) * self.unit("nested_tlb_hit"))
         faults = int(c[K.GPF_DEMAND] + c[K.GPF_COW])
         pte = int(c[K.PTE_UPDATES])
@@ -122,6 +138,9 @@ class CostPolicy(Policy):
             "cr3": (int(c[K.CR3_LOADS]) + flushes) * self.exit_cycles("cr3_load"),
             "invlpg": int(c[K.INVLPGS]) * self.exit_cycles("invlpg"),
             "process": int(c[K.PROCESS_OPS]) * self.unit("hv_process"),
+            "highpte": int(c[K.HIGHPTE_MAPS]) * (self.exit_cycles("pte_write")
+                                                  + self.exit_cycles("invlpg")
+                                                  + (self.unit("hv_oos_resync") if oos else 0.0)),
         }
         parts = {"walk_saving": save, **pay}
         return sum(pay.values()) - save, parts
@@ -134,16 +153,20 @@ class CostPolicy(Policy):
                 + hidden_recurring * self.exit_cycles("pf_hidden"))
         walks = int(c[K.WALKS])
         if self._nested_per_walk is not None:
-            refs, ntlb = self._nested_per_walk
+            refs, ntlb, per_ref = self._nested_per_walk
         else:
             refs, ntlb = ((int(c[K.WALK_REFS]) / walks + 1.0) if walks else 0.0), 0.0
-        pay = walks * (refs * self.unit("pte_cache_hit") + ntlb * self.unit("nested_tlb_hit"))
+            per_ref = self.ref_cycles(c)
+        pay = walks * (refs * per_ref + ntlb * self.unit("nested_tlb_hit"))
         return pay - save, {"exit_saving": save, "extra_walks": pay}
 
     def refill_pages(self, samples: list[dict], periods: float) -> int:
         """Pages a new shadow would fill over ``periods`` periods (see the module docstring)."""
         tot = self.cumulative(samples)
-        backed = min(int(tot[K.HOST_FRAMES]), int(tot[K.GUEST_FRAMES])) - int(tot[K.PT_PAGES])
+        used = int(tot[K.GUEST_FRAMES])
+        if self.config.host.populate == "demand":
+            used = min(used, int(tot[K.HOST_FRAMES]))
+        backed = used - int(tot[K.PT_PAGES])
         walks = int(self.counters(samples[-1])[K.WALKS])
         return max(0, min(backed, int(np.ceil(walks * periods))))
 
@@ -168,7 +191,9 @@ class CostPolicy(Policy):
             if s["mode"] == "nested":
                 if int(c[K.WALKS]) > 0:
                     w = int(c[K.WALKS])
-                    self._nested_per_walk = (int(c[K.WALK_REFS_NESTED]) / w, int(c[K.NTLB_HIT]) / w)
+                    self._nested_per_walk = (int(c[K.WALK_REFS_NESTED]) / w,
+                                             int(c[K.NTLB_HIT]) / w,
+                                             self.ref_cycles(c, nested=True))
                 delta, self._parts = self.shadow_delta(c)
                 part = 0
             else:

@@ -5,7 +5,8 @@ built-in example that touches ``address``) three times -- natively, under shadow
 paging and under nested paging -- and then describes the walk a TLB miss on
 ``address`` would make in each machine: which table is read (guest, shadow or EPT),
 at which level, at which physical address (gPA/hPA), whether the PTE cache has the
-line, and what the entry points to.  Each walk is shown twice: with the walk caches
+line and where in the cache hierarchy it was found (L1, L2, L3 or DRAM), and what the entry
+points to.  Each walk is shown twice: with the walk caches
 as the replay left them (paging-structure caches, nested TLB, nested PSC, PTE cache)
 and with all of them off, which gives the textbook counts: ``levels`` references for a
 one-dimensional walk, ``(n+1)(m+1)-1`` (24 for 4/4 levels) for a two-dimensional one.
@@ -30,7 +31,8 @@ from ..hw import cache as hwc
 LEVEL_NAMES = {1: "PT", 2: "PD", 3: "PDPT", 4: "PML4", 5: "PML5"}
 PSC_NAMES = {2: "PDE cache", 3: "PDPTE cache", 4: "PML4E cache", 5: "PML5E cache"}
 WALK_CACHES = (*(hwc.PSC0 + lv for lv in range(1, 5)), hwc.NTLB,
-               *(hwc.NPSC0 + lv for lv in range(1, 5)), hwc.PTEC)
+               *(hwc.NPSC0 + lv for lv in range(1, 5)), hwc.L1D, hwc.L2C, hwc.L3C)
+CACHE_LEVELS = ("L1", "L2", "L3", "DRAM")  # hw/memory.py LEVEL_* order
 
 
 def make_key(space: int, level: int, prefix: int) -> int:
@@ -57,7 +59,7 @@ class Step:
     level: int = 0  # 1-based level of the entry read / cached
     paddr: int | None = None  # physical address of the entry read (hPA; PA natively)
     gpa: int | None = None  # its guest-physical address (guest-table reads under EPT)
-    cache: str = ""  # "hit", "miss" (PTE cache) or "off" (caches disabled)
+    cache: str = ""  # where the line was: "L1", "L2", "L3", "DRAM", or "off" (caches off)
     purpose: str = ""  # what the reference is for
     result: str = ""  # what the entry gives
     ref_no: int | None = None  # 1-based reference number (refs only)
@@ -78,13 +80,10 @@ class WalkExplanation:
     def refs(self) -> int:
         return sum(1 for s in self.steps if s.kind == "ref")
 
-    @property
-    def ref_hits(self) -> int:
-        return sum(1 for s in self.steps if s.kind == "ref" and s.cache == "hit")
-
-    @property
-    def ref_misses(self) -> int:
-        return self.refs - self.ref_hits
+    def refs_at(self, level: str) -> int:
+        """References served by ``level`` (L1, L2, L3, DRAM; "off" counts as DRAM)."""
+        return sum(1 for s in self.steps if s.kind == "ref"
+                   and (s.cache == level or (level == "DRAM" and s.cache == "off")))
 
     @property
     def nested_refs(self) -> int:
@@ -97,7 +96,8 @@ class WalkExplanation:
     def cycles(self) -> float:
         """Walk cycles under the cost model (as ``counters.breakdown``'s ``walk``)."""
         c = self.cost
-        return (c.walk_base + self.ref_hits * c.pte_cache_hit + self.ref_misses * c.pte_cache_miss
+        return (c.walk_base + self.refs_at("L1") * c.l1d_latency + self.refs_at("L2") * c.l2_latency
+                + self.refs_at("L3") * c.l3_latency + self.refs_at("DRAM") * c.dram_latency
                 + self.count("psc") * c.psc_hit + self.count("ntlb") * c.nested_tlb_hit)
 
 
@@ -177,6 +177,7 @@ class _Walker:
         self.e = expl
         self.n = int(m.S[X.S_LEVELS])
         self.bits = int(m.S[X.S_BITS])
+        self.ebytes = int(m.S[X.S_ENTRY_BYTES])  # guest entries: 4 bytes in a 32-bit guest
 
     # -- helpers
     def shift(self, lv: int) -> int:
@@ -186,12 +187,18 @@ class _Walker:
         return (va >> self.shift(lv)) & ((1 << self.bits) - 1)
 
     def ref(self, paddr: int, **kw) -> None:
-        line = paddr >> 6
-        if self.c.lookup(hwc.PTEC, line) >= 0:
-            cache = "hit"
-        else:
-            cache = "miss" if self.on else "off"
-            self.c.insert(hwc.PTEC, line, 0)
+        """One walk reference through the hierarchy (as ``hw.memory.lookup_line``)."""
+        line = np.int64(paddr >> 6)
+        c = self.c
+        level = 3
+        first = hwc.L1D if int(self.S[X.S_WALK_L1D]) else hwc.L2C
+        for lvl, cid in enumerate((hwc.L1D, hwc.L2C, hwc.L3C)):
+            if cid < first or int(c.geom[cid, 1]) == 0:
+                continue
+            if hwc.touch(c.tag, c.stamp, c.val, c.geom, c.last, c.clock, cid, line):
+                level = lvl
+                break
+        cache = CACHE_LEVELS[level] if self.on else "off"
         self.e.steps.append(Step("ref", paddr=paddr, cache=cache, ref_no=self.e.refs + 1, **kw))
 
     def hfn_of(self, gfn: int) -> int:
@@ -222,7 +229,7 @@ class _Walker:
                     f"skips {n - 1 - lv} level{'s' if n - 1 - lv > 1 else ''}"))
                 break
         while True:
-            paddr = (table << 12) + self.index(va, lv) * 8
+            paddr = (table << 12) + self.index(va, lv) * self.ebytes
             k = make_key(slot, lv, va >> self.shift(lv))
             if lv == 0:
                 i = _find(leaf, k)
@@ -244,6 +251,33 @@ class _Walker:
             table = nxt
             self.c.insert(hwc.PSC0 + lv, k, table)
             lv -= 1
+
+    # -- PAE-format shadow of a 2-level guest (as hw.walk.walk_shadow_pae)
+    def walk_shadow_pae(self, slot: int, va: int) -> int:
+        m, c = self.m, self.c
+        pde_key = make_key(slot, 1, va >> 21)
+        i = c.lookup(hwc.PSC0 + 1, pde_key)
+        if i >= 0:
+            table = int(c.val[i])
+            self.e.steps.append(Step(
+                "psc", table="shadow", level=2, purpose=f"PDE cache: gVA {_range(va, 21)}",
+                result=f"PT at hPA 0x{table << 12:x}; skips the page directory"))
+        else:
+            root = int(m.slots[slot, X.SL_SROOT])
+            j = _find(m.sup, make_key(slot, 1, va >> 22))
+            table = int(m.sup[j * STRIDE + 1]) + ((va >> 21) & 1) if j >= 0 else -1
+            self.ref(((root + ((va >> 30) & 3)) << 12) + ((va >> 21) & 511) * 8,
+                     table="shadow", level=2,
+                     purpose="PAE shadow page directory (its pointer is in a PDPTE register)",
+                     result=(f"PT at hPA 0x{table << 12:x}" if j >= 0 else "not present"))
+            if j < 0:
+                return -1
+            c.insert(hwc.PSC0 + 1, pde_key, table)
+        i = _find(m.sleaf, make_key(slot, 0, va >> 12))
+        res = (f"page at hPA 0x{(int(m.sleaf[i * STRIDE + 1]) >> 1) << 12:x}" if i >= 0
+               else "not present")
+        self.ref((table << 12) + ((va >> 12) & 511) * 8, table="shadow", level=1, result=res)
+        return i
 
     # -- nested dimension
     def translate_gpa(self, gfn: int, what: str) -> int:
@@ -320,7 +354,7 @@ class _Walker:
                 thfn = self.translate_gpa(tgfn, f"guest {LEVEL_NAMES[lv + 1]}")
                 if thfn < 0:
                     return -1
-            off = self.index(va, lv) * 8
+            off = self.index(va, lv) * self.ebytes
             paddr = (thfn << 12) + off
             gpa = (tgfn << 12) + off if tgfn >= 0 else None
             k = make_key(slot, lv, va >> self.shift(lv))
@@ -435,7 +469,10 @@ def explain_machine(m, mode: str, address: int, slot: int, caches: bool) -> Walk
         if root < 0:
             e.final = "no shadow table for this process yet (built at its next CR3 load)"
             return e
-        i = w.walk_1d(m.sup, m.sleaf, slot, root, va, "shadow")
+        if int(m.S[X.S_PAE_SHADOW]):
+            i = w.walk_shadow_pae(slot, va)
+        else:
+            i = w.walk_1d(m.sup, m.sleaf, slot, root, va, "shadow")
         e.found = i >= 0
         if e.found:
             frame = int(m.sleaf[i * STRIDE + 1]) >> 1
@@ -551,7 +588,8 @@ def print_explanation(ex: Explanation, console=None) -> None:
                     f"{w.refs - w.nested_refs} into the guest table)")
         else:
             tail = _plural(w.refs, "reference")
-        t.caption = (f"{tail}; PTE cache {w.ref_hits} hit / {w.ref_misses} miss; "
+        t.caption = (f"{tail}; references served by L1/L2/L3/DRAM "
+                     f"{w.refs_at('L1')}/{w.refs_at('L2')}/{w.refs_at('L3')}/{w.refs_at('DRAM')}; "
                      f"{w.cycles:.0f} cycles; {w.final}")
         t.caption_justify = "left"
         con.print(t)

@@ -78,7 +78,7 @@ COLUMN_TYPES = dict(ROW_COLUMNS)
 
 # Overhead groups used by verdicts, tables and plots: group -> breakdown keys.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "base": ("base",),
+    "base": ("base", "memory"),  # the program's own work: compute and data stalls
     "translation": ("tlb", "walk"),
     "guest": ("guest_fault", "guest_os"),
     "vmm": (*(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt"),

@@ -29,8 +29,10 @@ from .load import RESULTS_JSON, load_results, results_path
 MODE_COLORS = {"native": "#7f7f7f", "shadow": "#1f77b4", "nested": "#ff7f0e",
                "selective": "#2ca02c"}
 MODE_ORDER = ("native", "shadow", "nested", "selective")
+PROGRAM_KEYS = ("base", "memory")  # the program's own cycles: compute and data stalls
 
-# Overhead categories as plotted: label -> breakdown keys ("base" is not overhead).
+# Overhead categories as plotted: label -> breakdown keys ("base" and "memory", the program's
+# own work and data stalls, are not overhead).
 PLOT_GROUPS: list[tuple[str, tuple[str, ...], str]] = [
     ("L2 TLB hits", ("tlb",), "#c7e9c0"),
     ("page walks", ("walk",), "#1f77b4"),
@@ -44,7 +46,7 @@ PLOT_GROUPS: list[tuple[str, tuple[str, ...], str]] = [
     ("mode switches", ("mode_switch",), "#17becf"),
 ]
 assert sorted(k for _, keys, _ in PLOT_GROUPS for k in keys) == sorted(
-    k for k in K.BREAKDOWN_KEYS if k != "base"), "every overhead category must be plotted"
+    k for k in K.BREAKDOWN_KEYS if k not in PROGRAM_KEYS), "every overhead category must be plotted"
 
 
 def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):

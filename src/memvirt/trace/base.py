@@ -1,9 +1,10 @@
 """The one reader interface the simulator consumes.
 
 A *trace source* has ``meta`` (a dict of provenance) and ``chunks(chunk_records)``,
-an iterator of ``Trace`` chunks in timeline order.  Readers register themselves by
-format name with ``register_reader``; ``open_trace`` picks one by explicit format or
-by asking each reader whether it recognises the file.
+an iterator of ``Trace`` chunks in timeline order, and may have ``locate(record_index)``
+(where a record came from, for error messages) and ``progress()``.  Readers register
+themselves by format name with ``register_reader``; ``open_trace`` picks one by explicit
+format or by asking each reader whether it recognises the file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,47 @@ DEFAULT_CHUNK = 1 << 20
 
 
 class TraceSource(Protocol):
+    """What the simulator reads.
+
+    ``meta``
+        provenance (a dict; JSON-compatible values).
+    ``chunks(chunk_records)``
+        ``Trace`` chunks of exactly ``chunk_records`` records (the last one shorter), in
+        timeline order.  Bad input raises ``TraceError`` naming the file and the position
+        (line, byte offset, row) and what was expected.
+
+    Optional methods (call them through ``locate_record`` and ``getattr``):
+
+    ``locate(record_index: int) -> str | None``
+        where the record with this *global* index came from: 0-based, counting the records
+        as ``chunks`` yields them, across chunks, in order.  It must answer for every record
+        of the chunk last yielded and of the one before it (older records may be forgotten:
+        memory stays bounded by the chunk size), and returns None for a record it cannot
+        place.  The built-in readers answer ``FILE:LINE`` (Lackey: the line of an access, or
+        of the SYSCALL line or banner that made an event), ``FILE: byte OFFSET (record N)``
+        (ChampSim: the 64-byte input record the memvirt record was expanded from, N 0-based,
+        ``decompressed byte`` for xz/gz files) and ``FILE: row N`` (Parquet).  The engine
+        uses it to say where a record it rejects is in the input file.
+    ``progress() -> (done, total)``
+        bytes or records read so far and in all (``memvirt import``'s progress bar).
+    """
+
     meta: dict
 
     def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]: ...
+
+
+def locate_record(source, record_index: int) -> str | None:
+    """``source.locate(record_index)`` when the source has it and can place the record, else
+    None (never raises: it is called while reporting another error)."""
+    fn = getattr(source, "locate", None)
+    if fn is None:
+        return None
+    try:
+        where = fn(int(record_index))
+    except Exception:  # noqa: BLE001 - a broken locate must not hide the error being reported
+        return None
+    return where if isinstance(where, str) and where else None
 
 
 @dataclass

@@ -119,6 +119,10 @@ class ChampSimSource:
         self.bytes_read = 0  # of the file as stored (compressed bytes for xz/gz)
         self.meta = {"source": "champsim", "input": self.path.name,
                      "compression": self.compression}
+        # the pieces read (for ``locate``): (first record, end record, first ChampSim
+        # record, kinds of the piece's records), dropped once two chunks further on
+        self._maps: list[tuple[int, int, int, np.ndarray]] = []
+        self._produced = 0
 
     def progress(self) -> tuple[int, int]:
         return self.bytes_read, self.total_bytes
@@ -147,7 +151,7 @@ class ChampSimSource:
                 except (lzma.LZMAError, OSError, EOFError, zlib.error) as e:
                     raise TraceError(
                         f"{self.path}: corrupt {self.compression} stream after decompressed "
-                        f"byte {offset + len(carry)} ({e})"
+                        f"byte {offset + len(carry)} ({' '.join(str(e).split())[:300]})"
                     ) from None
                 self.bytes_read = raw.tell()
                 if not data:
@@ -158,8 +162,12 @@ class ChampSimSource:
                 carry = data[whole:]
                 if whole:
                     recs = np.frombuffer(data, dtype=RECORD_DTYPE, count=whole // RECORD_BYTES)
+                    piece = expand_records(recs, self.pid)
+                    self._maps.append((self._produced, self._produced + len(piece),
+                                       offset // RECORD_BYTES, piece.kind))
+                    self._produced += len(piece)
                     offset += whole
-                    yield expand_records(recs, self.pid)
+                    yield piece
         if carry:
             where = "decompressed byte offset" if self.compression != "raw" else "byte offset"
             raise TraceError(
@@ -170,7 +178,27 @@ class ChampSimSource:
     def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
         from .parquet import rechunk
 
-        yield from rechunk(self._pieces(), chunk_records, meta=self.meta)
+        self._maps = []
+        self._produced = 0
+        start = prev = 0  # the first records of this chunk and of the previous one
+        for chunk in rechunk(self._pieces(), chunk_records, meta=self.meta):
+            self._maps = [m for m in self._maps if m[1] > prev]  # older ones: dropped
+            yield chunk
+            prev, start = start, start + len(chunk)
+
+    def locate(self, record_index: int) -> str | None:
+        """Where record ``record_index`` (0-based, over all chunks) came from: the ChampSim
+        record (0-based) it was expanded from and that record's byte offset
+        (``FILE: byte OFFSET (record N)``; ``decompressed byte`` for xz/gz files), or None
+        when it is not in the current or the previous chunk."""
+        r = int(record_index)
+        for first, end, first_input, kind in self._maps:
+            if first <= r < end:
+                # every ChampSim record expands to one IFETCH followed by its data accesses
+                n = first_input + int(np.count_nonzero(kind[:r - first + 1] == Kind.IFETCH)) - 1
+                where = "byte" if self.compression == "raw" else "decompressed byte"
+                return f"{self.path}: {where} {n * RECORD_BYTES} (record {n})"
+        return None
 
 
 def read_champsim(path, pid: int = PID) -> ChampSimSource:

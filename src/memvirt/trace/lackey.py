@@ -41,6 +41,8 @@ from .records import Kind, Trace
 from .syscalls import EXECS, MARK_WAIT, SyscallModel
 
 BLOCK_BYTES = 4 << 20
+#: the longest line read (a valid Lackey line is at most a few hundred bytes)
+MAX_LINE_BYTES = 64 << 10
 
 
 _EXPECTED = ("expected 'I  ADDR,SIZE', ' L ADDR,SIZE', ' S ADDR,SIZE', ' M ADDR,SIZE' "
@@ -62,8 +64,9 @@ for _c, _k in ((b"I", Kind.IFETCH), (b"L", Kind.LOAD), (b"S", Kind.STORE), (b"M"
 
 
 @njit(cache=True, nogil=True)
-def _scan_block(buf, hex_lut, kind_lut):  # pragma: no cover - compiled
-    """Parse Lackey access lines in ``buf`` (uint8, 1-D, contiguous).
+def _scan_block(buf, hex_lut, kind_lut, max_line):  # pragma: no cover - compiled
+    """Parse Lackey access lines in ``buf`` (uint8, 1-D, contiguous).  A line longer than
+    ``max_line`` bytes is never an access line (the caller reports it).
 
     Bounds safety: every read of ``buf`` is guarded by ``p < n`` (or ``p + 1 < n``); the
     look-up tables have 256 entries and are indexed by uint8 values; the output arrays have
@@ -124,7 +127,7 @@ def _scan_block(buf, hex_lut, kind_lut):  # pragma: no cover - compiled
                         p += 1
                     while p < n and (buf[p] == 32 or buf[p] == 13):
                         p += 1
-                    if 0 < nd <= 19 and (p == n or buf[p] == 10):
+                    if 0 < nd <= 19 and (p == n or buf[p] == 10) and p - start <= max_line:
                         ok = True
                         kinds[nrec] = k
                         addrs[nrec] = a
@@ -143,40 +146,70 @@ def _scan_block(buf, hex_lut, kind_lut):  # pragma: no cover - compiled
     return kinds, addrs, sizes, nrec, o_start, o_end, o_line, o_pos, noth, line
 
 
-def scan_block(buf: np.ndarray):
+def scan_block(buf: np.ndarray, max_line: int = MAX_LINE_BYTES):
     """Validated entry to the compiled scanner."""
     if not isinstance(buf, np.ndarray) or buf.dtype != np.uint8 or buf.ndim != 1:
         raise TypeError("scan_block needs a one-dimensional uint8 array")
     assert _HEX_LUT.shape == (256,) and _KIND_LUT.shape == (256,)
-    return _scan_block(np.ascontiguousarray(buf), _HEX_LUT, _KIND_LUT)
+    return _scan_block(np.ascontiguousarray(buf), _HEX_LUT, _KIND_LUT, int(max_line))
 
 
 # --------------------------------------------------------------------------------------------
 # syscall lines
 
-_SYSCALL_RE = re.compile(r"SYSCALL\[(\d+),(\d+)\]\((\d+)\)\s?(.*)$")
-_RESULT_RE = re.compile(r"(Success|Failure)\((0x[0-9a-fA-F]+|-?\d+)\)")
-_BANNER_RE = re.compile(r"==(\d+)==(.*)$")
-_ACCESS_LIKE_RE = re.compile(r"\s*[ILSM]\s")
+_SYSCALL_RE = re.compile(r"SYSCALL\[(\d{1,20}),(\d{1,20})\]\((\d{1,20})\)\s?(.*)$", re.ASCII)
+_RESULT_RE = re.compile(r"(Success|Failure)\((0x[0-9a-fA-F]+|-?\d+)\)", re.ASCII)
+_BANNER_RE = re.compile(r"==(\d+)==(.*)$", re.ASCII)
+_ACCESS_LIKE_RE = re.compile(r"\s*[ILSM]\s", re.ASCII)
+_NUM_RE = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))", re.ASCII)
+_HEX_RE = re.compile(r"(?:0[xX])?([0-9a-fA-F]+)", re.ASCII)
+_MAX_DIGITS = 40  # more is beyond every range read here (and int() limits digits)
+
+U64_LIMIT = 1 << 64  # addresses and lengths are below; a range may end exactly there
+PID_MAX = (1 << 63) - 1  # pids are int64 (and not negative)
+
+#: the system call arguments that become record fields (addresses, lengths, flags): each
+#: must be an unsigned 64-bit value; the other arguments read must fit 64 bits either way
+_U64_ARGS = {"mmap": (1,), "mmap2": (1,), "munmap": (0, 1), "mremap": (0, 1, 2),
+             "clone": (0,), "clone2": (0,)}
+#: calls whose result is an address (must fit 64 bits) or a child's pid (must fit int64)
+_ADDR_RESULT = ("mmap", "mmap2", "brk", "mremap")
+_PID_RESULT = ("fork", "vfork", "clone", "clone2", "clone3")
+
+
+class _ValueProblem(ValueError):
+    """A number in a SYSCALL line that cannot become a record field (the message says why)."""
+
+
+def _digits(text: str, digits: str) -> str:
+    if len(digits) > _MAX_DIGITS:
+        raise _ValueProblem(f"{text.strip()[:40]}... has more digits than a 64-bit value")
+    return digits
 
 
 def _num(text: str) -> int:
-    t = text.strip()
-    neg = t.startswith("-")
-    if neg:
-        t = t[1:]
-    v = int(t, 16) if t[:2] in ("0x", "0X") else int(t, 10)
-    return -v if neg else v
+    """A decimal or 0x-hex integer, optionally signed."""
+    m = _NUM_RE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"not a number: {text.strip()[:40]!r}")
+    if m.group(2) is not None:
+        v = int(_digits(text, m.group(2)), 16)
+    else:
+        v = int(_digits(text, m.group(3)), 10)
+    return -v if m.group(1) == "-" else v
 
 
 def _hexnum(text: str) -> int:
-    t = text.strip()
-    return int(t[2:] if t[:2] in ("0x", "0X") else t, 16)
+    m = _HEX_RE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"not a hex number: {text.strip()[:40]!r}")
+    return int(_digits(text, m.group(1)), 16)
 
 
 class _Args:
     """A call's argument texts, converted to int when read (clone's flags are printed in
-    hex without 0x)."""
+    hex without 0x) and range-checked: an address, length or flags argument must be an
+    unsigned 64-bit value, any other must fit 64 bits (signed or unsigned)."""
 
     def __init__(self, call: str, texts: list[str]):
         self.call = call
@@ -187,7 +220,39 @@ class _Args:
 
     def __getitem__(self, i: int) -> int:
         t = self.texts[i]
-        return _hexnum(t) if i == 0 and self.call in ("clone", "clone2") else _num(t)
+        v = _hexnum(t) if i == 0 and self.call in ("clone", "clone2") else _num(t)
+        if i in _U64_ARGS.get(self.call, ()):
+            if not 0 <= v < U64_LIMIT:
+                raise _ValueProblem(f"argument {i + 1} of {self.call} ({t.strip()[:40]}) is "
+                                    f"not an unsigned 64-bit value")
+        elif not -(1 << 63) <= v < U64_LIMIT:
+            raise _ValueProblem(f"argument {i + 1} of {self.call} ({t.strip()[:40]}) does not "
+                                f"fit 64 bits")
+        return v
+
+
+def _check_ranges(call: str, args: _Args, value: int) -> None:
+    """Raise ``_ValueProblem`` when a successful call's values would not fit the record fields
+    (the model masks to 64 bits: a silently wrong number otherwise)."""
+    if call in _ADDR_RESULT and not 0 <= value < U64_LIMIT:
+        raise _ValueProblem(f"the result of {call} ({value:#x}) is beyond the 64-bit address "
+                            f"space")
+    if call in _PID_RESULT and value > PID_MAX:
+        raise _ValueProblem(f"the child pid returned by {call} ({value}) does not fit int64")
+
+    def span(addr: int, length: int, what: str) -> None:
+        if addr + length > U64_LIMIT:
+            raise _ValueProblem(f"{what} {addr:#x}+{length} ends beyond the 64-bit address "
+                                f"space")
+
+    if call in ("mmap", "mmap2"):
+        span(value, args[1], "the mapping")
+    elif call == "munmap":
+        span(args[0], args[1], "the unmapped range")
+    elif call == "mremap":
+        old, old_size, new_size = args[0], args[1], args[2]
+        span(old, max(old_size, new_size), "the remapped range")
+        span(value, new_size, "the remapped range")
 
 
 def _split_call(text: str) -> tuple[str, list[str], str | None]:
@@ -203,26 +268,54 @@ def _split_call(text: str) -> tuple[str, list[str], str | None]:
     return name, args, (tail.strip() if sep else None)
 
 
-class LackeyParser:
-    """Incremental Lackey parser: feed it blocks of complete lines, get ``Trace`` pieces."""
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 100 else text[:100] + "...")
 
-    def __init__(self, name: str = "<lackey>", pid: int | None = None, markers: bool = False):
+
+def _too_long(name: str, lineno: int, max_line: int) -> TraceError:
+    return TraceError(f"{name}:{lineno}: line longer than {max_line} bytes (a Lackey line is "
+                      f"at most a few hundred bytes: is this a Lackey log?)")
+
+
+def _check_pid(name: str, pid) -> int:
+    try:
+        p = int(pid)
+    except (TypeError, ValueError):
+        raise TraceError(f"{name}: pid {pid!r} is not an integer") from None
+    if not 0 <= p <= PID_MAX:
+        raise TraceError(f"{name}: pid {p} is out of range (expected 0 to {PID_MAX})")
+    return p
+
+
+class LackeyParser:
+    """Incremental Lackey parser: feed it blocks of complete lines, get ``Trace`` pieces.
+
+    With ``track_lines`` each ``parse``/``end_of_file`` also leaves ``line_map``: the line
+    number of every record of the piece, as two int64 arrays (record index, line) of
+    breakpoints: record ``i`` comes from line ``line[j] + i - index[j]`` for the last ``j``
+    with ``index[j] <= i`` (consecutive access lines are consecutive records, so there is one
+    breakpoint per event and per run of access lines)."""
+
+    def __init__(self, name: str = "<lackey>", pid: int | None = None, markers: bool = False,
+                 track_lines: bool = False, max_line: int = 0):
         self.name = str(name)
-        self.pid = 1 if pid is None else int(pid)
+        self.pid = 1 if pid is None else _check_pid(self.name, pid)
         self.pid_fixed = pid is not None
         self.markers = markers
+        self.track_lines = track_lines
+        self.max_line = int(max_line) or MAX_LINE_BYTES
+        self.line_map: tuple[np.ndarray, np.ndarray] | None = None
         self.lines = 0  # lines consumed so far
         self.model = SyscallModel(markers)
-        self._pending_async: dict[int, tuple[str, list[str]]] = {}
+        self._pending_async: dict[int, tuple[str, list[str], int]] = {}
         self._pending_inline: tuple[str, list[str], int] | None = None
 
-    # -- the event list of one block: (record position, kind, addr, size, pid)
-    def _ev(self, evs, pos, kind, addr=0, size=0):
-        evs.append((pos, int(kind), int(addr) & 0xFFFFFFFFFFFFFFFF, int(size), self.pid))
+    # -- the event list of one block: (record position, kind, addr, size, pid, line)
+    def _ev(self, evs, pos, lineno, kind, addr=0, size=0):
+        evs.append((pos, int(kind), int(addr) & 0xFFFFFFFFFFFFFFFF, int(size), self.pid, lineno))
 
     def _bad(self, lineno: int, text: str, why: str = _EXPECTED):
-        shown = text if len(text) <= 100 else text[:100] + "..."
-        raise TraceError(f"{self.name}:{lineno}: malformed Lackey line {shown!r} ({why})")
+        raise TraceError(f"{self.name}:{lineno}: malformed Lackey line {_shown(text)} ({why})")
 
     def _resolve_inline_as_replaced(self, evs, pos):
         """A pending call without a result followed by another line: for execve this means
@@ -231,50 +324,62 @@ class LackeyParser:
         self._pending_inline = None
         if p is not None and p[0].removeprefix("sys_") in EXECS:
             for kind, addr, size in self.model.replaced():
-                self._ev(evs, pos, kind, addr, size)
+                self._ev(evs, pos, p[2], kind, addr, size)
 
     def _syscall_done(self, evs, pos, name: str, args: list[str], result: str, lineno: int):
+        """A call (whose line is ``lineno``) finished with ``result``."""
         m = _RESULT_RE.search(result)
         if not m:
             return  # e.g. a result we cannot read: no event
         if m.group(1) != "Success":
             return
         call = name.removeprefix("sys_")
+        a = _Args(call, args)
         try:
-            for kind, addr, size in self.model.finished(call, _Args(call, args),
-                                                        _num(m.group(2))):
-                self._ev(evs, pos, kind, addr, size)
+            value = _num(m.group(2))
+            _check_ranges(call, a, value)
+            records = self.model.finished(call, a, value)
+        except _ValueProblem as e:
+            shown = f"{name} ( {', '.join(args)} ) --> {m.group(0)}"
+            raise TraceError(f"{self.name}:{lineno}: {e} (in {_shown(shown)})") from None
         except (IndexError, ValueError):
             self._bad(lineno, f"{name} ( {', '.join(args)} )",
                       f"cannot read the arguments of {name}")
+        for kind, addr, size in records:
+            self._ev(evs, pos, lineno, kind, addr, size)
 
     def _syscall_start(self, evs, pos, name: str, args: list[str], lineno: int):
         """Effects at the start of a call, whatever its result (exit, wait)."""
         call = name.removeprefix("sys_")
         try:
-            for kind, addr, size in self.model.started(call, _Args(call, args)):
-                self._ev(evs, pos, kind, addr, size)
+            records = self.model.started(call, _Args(call, args))
         except (IndexError, ValueError):
             return  # a wait whose arguments cannot be read: no marker
+        for kind, addr, size in records:
+            self._ev(evs, pos, lineno, kind, addr, size)
 
     def _syscall_line(self, evs, pos, text: str, lineno: int):
-        m = _SYSCALL_RE.match(text)
-        if not m:
-            self._bad(lineno, text)
-        tid = int(m.group(2))
-        rest = m.group(4)
-        # two processes writing to one log can glue lines together: split them
-        glued = rest.find("SYSCALL[")
-        if glued > 0:
-            self._syscall_line(evs, pos, text[:m.start(4)] + rest[:glued].rstrip(), lineno)
-            self._syscall_line(evs, pos, rest[glued:], lineno)
-            return
+        while True:
+            m = _SYSCALL_RE.match(text)
+            if not m:
+                self._bad(lineno, text)
+            rest = m.group(4)
+            # two processes writing to one log can glue lines together: split them
+            glued = rest.find("SYSCALL[")
+            if glued <= 0:
+                self._syscall(evs, pos, int(m.group(2)), rest, lineno)
+                return
+            self._syscall(evs, pos, int(m.group(2)), rest[:glued].rstrip(), lineno)
+            text = rest[glued:]
+
+    def _syscall(self, evs, pos, tid: int, rest: str, lineno: int):
+        """One SYSCALL record: ``rest`` is what follows ``SYSCALL[pid,tid](nr)``."""
         if rest.startswith("..."):
             # completion of an [async] call
             pending = self._pending_async.pop(tid, None)
             _, _, tail = rest.partition("-->")
             if pending is not None:
-                self._syscall_done(evs, pos, pending[0], pending[1], tail, lineno)
+                self._syscall_done(evs, pos, pending[0], pending[1], tail, pending[2])
             return
         name, args, tail = _split_call(rest)
         self._syscall_start(evs, pos, name, args, lineno)
@@ -282,18 +387,20 @@ class LackeyParser:
             # result on a continuation line (or never, for a successful execve)
             self._pending_inline = (name, args, lineno)
         elif tail.startswith("[async]"):
-            self._pending_async[tid] = (name, args)
+            self._pending_async[tid] = (name, args, lineno)
         else:
             self._syscall_done(evs, pos, name, args, tail, lineno)
 
     def _other_line(self, evs, pos, raw: bytes, lineno: int):
+        if len(raw) > self.max_line:
+            raise _too_long(self.name, lineno, self.max_line)
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         stripped = text.strip()
         if stripped.startswith("-->"):
             p = self._pending_inline
             self._pending_inline = None
             if p is not None:
-                self._syscall_done(evs, pos, p[0], p[1], stripped[3:], lineno)
+                self._syscall_done(evs, pos, p[0], p[1], stripped[3:], p[2])
             # else: a child's first line (fork returning 0 in the child): nothing to do
             return
         if self._pending_inline is not None:
@@ -308,10 +415,14 @@ class LackeyParser:
             if not m:
                 self._bad(lineno, text)
             if not self.pid_fixed:
-                self.pid = int(m.group(1))
+                digits = m.group(1).lstrip("0") or "0"
+                if len(digits) > 19 or int(digits) > PID_MAX:
+                    raise TraceError(f"{self.name}:{lineno}: the pid of a '==PID==' banner "
+                                     f"must be at most {PID_MAX} (in {_shown(text)})")
+                self.pid = int(digits)
             if "Process terminating with default action of signal" in m.group(2):
                 for kind, addr, size in self.model.killed():
-                    self._ev(evs, pos, kind, addr, size)
+                    self._ev(evs, pos, lineno, kind, addr, size)
             return
         if text.startswith("--") and text[2:3].isdigit():
             return  # --PID-- Valgrind message
@@ -327,7 +438,7 @@ class LackeyParser:
         newline is taken as complete)."""
         buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
         (kind, addr, size, nrec, o_start, o_end, o_line, o_pos, noth,
-         nlines) = scan_block(buf)
+         nlines) = scan_block(buf, self.max_line)
         kind, addr, size = kind[:nrec], addr[:nrec], size[:nrec]
         base_line = self.lines + 1
         pid0 = self.pid
@@ -343,6 +454,8 @@ class LackeyParser:
                 if self.pid != before:
                     pid_changes.append((int(o_pos[j]), self.pid))
         self.lines += int(nlines)
+        if self.track_lines:
+            self.line_map = _line_map(nrec, o_pos[:noth], o_line[:noth], evs, base_line)
         pid = np.full(nrec, pid0, dtype=np.int64)
         for pos, p in pid_changes:
             pid[pos:] = p
@@ -363,69 +476,144 @@ class LackeyParser:
         evs: list[tuple] = []
         if self._pending_inline is not None:
             self._resolve_inline_as_replaced(evs, 0)
+        if self.track_lines:
+            self.line_map = (np.arange(len(evs), dtype=np.int64),
+                             np.array([e[5] for e in evs], dtype=np.int64))
         if not evs:
             return Trace.empty()
         return Trace.from_records([e[1:3] + (0, e[4], 0) for e in evs])
+
+
+def _line_map(nrec: int, o_pos: np.ndarray, o_line: np.ndarray, evs: list[tuple],
+              base_line: int) -> tuple[np.ndarray, np.ndarray]:
+    """Breakpoints (record index in the piece, line number) of a parsed block: access record
+    ``k`` is on block line ``k + (other lines before it)``, and lands at ``k + (events
+    inserted before it)``; event ``e`` lands at ``pos[e] + e`` and has its own line."""
+    ev_pos = np.array([e[0] for e in evs], dtype=np.int64)
+    ev_line = np.array([e[5] for e in evs], dtype=np.int64)
+    o_pos = np.asarray(o_pos, dtype=np.int64)
+    ks = np.unique(np.concatenate([np.zeros(1, np.int64), o_pos]))
+    ks = ks[ks < nrec]
+    acc_idx = ks + np.searchsorted(ev_pos, ks, side="right")
+    acc_line = base_line + ks + np.searchsorted(o_pos, ks, side="right")
+    idx = np.concatenate([acc_idx, ev_pos + np.arange(len(evs), dtype=np.int64)])
+    line = np.concatenate([acc_line, ev_line])
+    order = np.argsort(idx, kind="stable")
+    return idx[order], line[order]
 
 
 # --------------------------------------------------------------------------------------------
 # the reader
 
 
-def iter_lackey_blocks(f, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+def iter_lackey_blocks(f, block_bytes: int = BLOCK_BYTES, max_line: int = 0,
+                       name: str = "<lackey>") -> Iterator[bytes]:
     """Yield blocks of complete lines from a binary file object (the partial last line is
-    carried over to the next block; the file's last line may lack its newline)."""
+    carried over to the next block; the file's last line may lack its newline).
+
+    Reads ``block_bytes`` at a time; a line longer than ``max_line`` bytes (default
+    ``MAX_LINE_BYTES``) raises ``TraceError`` naming ``name`` and the line number as soon as
+    that much of it was read, so memory stays bounded by ``block_bytes + max_line`` whatever
+    the input (a file without newlines, ``/dev/zero``)."""
+    max_line = int(max_line) or MAX_LINE_BYTES
+    block_bytes = max(int(block_bytes), 1)
     carry = b""
+    line = 1  # the number of the first line not yielded yet
     while True:
         data = f.read(block_bytes)
         if not data:
             break
-        if carry:
-            data = carry + data
         cut = data.rfind(b"\n")
         if cut < 0:
-            carry = data
+            carry += data  # at most max_line + block_bytes: checked just below
+            if len(carry) > max_line:
+                raise _too_long(name, line, max_line)
             continue
+        block = carry + data[:cut + 1] if carry else data[:cut + 1]
         carry = data[cut + 1:]
-        yield data[:cut + 1]
+        line += block.count(b"\n")
+        yield block
+        if len(carry) > max_line:
+            raise _too_long(name, line, max_line)
     if carry:
         yield carry
 
 
 class LackeySource:
-    """A Lackey log file, parsed in streaming fashion."""
+    """A Lackey log file, parsed in streaming fashion.
 
-    def __init__(self, path, pid: int | None = None, block_bytes: int = BLOCK_BYTES):
+    ``locate(i)`` says which line record ``i`` (0-based, counting the records ``chunks``
+    yields) came from, for the records of the current and the previous chunk."""
+
+    def __init__(self, path, pid: int | None = None, block_bytes: int = BLOCK_BYTES,
+                 max_line: int = MAX_LINE_BYTES):
         self.path = Path(path)
-        self.pid = pid
+        self.pid = None if pid is None else _check_pid(str(self.path), pid)
         self.block_bytes = int(block_bytes)
+        self.max_line = int(max_line)
         try:
             self.total_bytes = self.path.stat().st_size
         except OSError as e:
             raise TraceError(f"{self.path}: cannot read: {e.strerror}") from None
         self.bytes_read = 0
         self.meta = {"source": "lackey", "input": self.path.name}
+        # line maps of the pieces read: (first record, end record, breakpoint record
+        # indices, breakpoint line numbers), dropped once two chunks further on
+        self._maps: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        self._produced = 0
 
     def progress(self) -> tuple[int, int]:
         return self.bytes_read, self.total_bytes
 
+    def _piece(self, parser: LackeyParser, piece: Trace) -> Trace:
+        if len(piece):
+            idx, line = parser.line_map
+            self._maps.append((self._produced, self._produced + len(piece),
+                               idx + self._produced, line))
+            self._produced += len(piece)
+        return piece
+
     def _pieces(self) -> Iterator[Trace]:
-        parser = LackeyParser(str(self.path), pid=self.pid)
+        parser = LackeyParser(str(self.path), pid=self.pid, track_lines=True,
+                              max_line=self.max_line)
         self.bytes_read = 0
         try:
             f = open(self.path, "rb")
         except OSError as e:
             raise TraceError(f"{self.path}: cannot read: {e.strerror}") from None
         with f:
-            for block in iter_lackey_blocks(f, self.block_bytes):
-                self.bytes_read += len(block)
-                yield parser.parse(block)
-        yield parser.end_of_file()
+            try:
+                for block in iter_lackey_blocks(f, self.block_bytes, self.max_line,
+                                                str(self.path)):
+                    self.bytes_read += len(block)
+                    yield self._piece(parser, parser.parse(block))
+            except OSError as e:
+                raise TraceError(f"{self.path}:{parser.lines + 1}: cannot read: "
+                                 f"{e.strerror or e}") from None
+        yield self._piece(parser, parser.end_of_file())
 
     def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
         from .parquet import rechunk
 
-        yield from rechunk(self._pieces(), chunk_records, meta=self.meta)
+        self._maps = []
+        self._produced = 0
+        start = prev = 0  # the first records of this chunk and of the previous one
+        for chunk in rechunk(self._pieces(), chunk_records, meta=self.meta):
+            self._maps = [m for m in self._maps if m[1] > prev]  # older ones: dropped
+            yield chunk
+            prev, start = start, start + len(chunk)
+
+    def locate(self, record_index: int) -> str | None:
+        """``FILE:LINE`` of record ``record_index`` (0-based, over all chunks), or None when
+        it is not in the current or the previous chunk."""
+        r = int(record_index)
+        for first, end, idx, line in self._maps:
+            if first <= r < end:
+                j = int(np.searchsorted(idx, r, side="right")) - 1
+                if j < 0:
+                    return None
+                return f"{self.path}:{int(line[j]) + r - int(idx[j])}"
+        return None
 
 
 def read_lackey(path, pid: int | None = None) -> LackeySource:

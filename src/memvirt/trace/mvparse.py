@@ -6,7 +6,8 @@ ends (the next file of the same pid is the image an ``execve`` started).  It dec
 ``mvstream.StreamDecoder`` (the only module that knows the binary format) and turns the
 events into records with ``syscalls.SyscallModel`` (the same meaning as for Lackey logs):
 
-- access records keep their repeat counts; a fetch record of repeat n retires n instructions;
+- access records keep their repeat counts and lines bitmaps (``lines``: 0 where the stream
+  gives none); a fetch record of repeat n retires n instructions;
 - SYSCALL / SYSCALL_PRE records become MMAP, MUNMAP, BRK, FORK, EXIT and (for the scheduler)
   wait markers; an ``execve`` whose stream ends without a failure result replaced the image
   (EXEC); SIGNAL (a fatal signal) gives EXIT;
@@ -23,7 +24,7 @@ from numba import njit
 
 from ..errors import TraceError
 from . import mvstream as mv
-from .records import Trace
+from .records import Trace, is_zero_lines
 from .syscalls import EXECS, X86_64, SyscallModel
 
 
@@ -82,7 +83,7 @@ class MvtraceParser:
         pid = np.full(len(kind), self.pid, np.int64)
         if not evs:
             return Trace(kind=kind, addr=block.addr, size=block.size, pid=pid, icount=icount,
-                         repeat=rep)
+                         repeat=rep, lines=block.lines)
         pos = np.array([e[0] for e in evs], np.int64)
         n = len(evs)
         return Trace(
@@ -92,6 +93,8 @@ class MvtraceParser:
             pid=np.insert(pid, pos, np.full(n, self.pid, np.int64)),
             icount=np.insert(icount, pos, np.zeros(n, np.uint32)),
             repeat=np.insert(rep, pos, np.ones(n, np.uint32)),
+            lines=None if is_zero_lines(block.lines)  # (a full stream: a shared zero column)
+            else np.insert(block.lines, pos, np.zeros(n, np.uint64)),
         )
 
     def _event(self, tag: int, values) -> list[tuple[int, int, int]]:

@@ -1,4 +1,5 @@
-"""Decoder of the ``mvtrace`` capture stream (``docs/mvtrace-format.md``, format version 1).
+"""Decoder of the ``mvtrace`` capture stream (``docs/mvtrace-format.md``, format versions 1
+and 2).
 
 This is the only Python module that knows the binary format written by the ``mvtrace``
 Valgrind tool (``trace/mvtrace/mvtrace.c``).  A stream is a 64-byte header followed by
@@ -8,7 +9,12 @@ piece's access records as numpy columns plus its events::
 
     dec = StreamDecoder("mvtrace.123.0")
     for data in pieces:            # a few MB each is fastest (>= 50 M records/s)
-        block = dec.feed(data)     # block.kind/addr/size/repeat, block.events
+        block = dec.feed(data)     # block.kind/addr/size/repeat/lines, block.events
+
+``lines`` (format 2) is the bitmap of the 64-byte lines of its page that a collapsed data
+record's accesses touched, 0 when the stream gives none (the accesses touched only the
+first access's lines; always 0 in version 1 and collapse=none streams, whose ``lines`` is a
+shared read-only zero column).
 
 ``events`` is a list of ``(pos, tag, values)``: ``pos`` is the number of access records of
 the block before the event, ``tag`` one of the ``EV_*`` constants, ``values`` the event's
@@ -36,10 +42,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ..errors import TraceError
+from .records import zero_lines
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the tool writes
+READ_VERSIONS = (1, 2)  # what this decoder reads (2 added the lines field)
 MAGIC = b"MVTRACE\0"
 HEADER_SIZE = 64
 
@@ -71,6 +80,7 @@ class StreamHeader:
     collapse: int
     sync: int
     flags: int
+    version: int = FORMAT_VERSION
 
     @property
     def exec_image(self) -> bool:
@@ -86,16 +96,17 @@ def parse_header(data: bytes, name: str) -> StreamHeader:
     magic, version, size, pid, ppid, seq, collapse, sync, flags = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise TraceError(f"{name}: not an mvtrace stream (magic {magic!r}, expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise TraceError(f"{name}: mvtrace format version {version} is not supported "
-                         f"(this memvirt reads version {FORMAT_VERSION})")
+                         f"(this memvirt reads versions "
+                         f"{', '.join(str(v) for v in READ_VERSIONS)})")
     if size != HEADER_SIZE:
         raise TraceError(f"{name}: bad mvtrace header size {size} (expected {HEADER_SIZE})")
     if collapse not in (COLLAPSE_NONE, COLLAPSE_PAGE):
         raise TraceError(f"{name}: bad mvtrace collapse mode {collapse} (expected 0 or 1)")
     if sync < 1:
         raise TraceError(f"{name}: bad mvtrace sync interval {sync} (expected >= 1)")
-    return StreamHeader(pid, ppid, seq, collapse, sync, flags)
+    return StreamHeader(pid, ppid, seq, collapse, sync, flags, version)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +114,10 @@ def parse_header(data: bytes, name: str) -> StreamHeader:
 
 _OK, _CUT, _FULL = 0, 1, 9
 _ERR_TAG, _ERR_VARINT, _ERR_REPEAT, _ERR_RESERVED, _ERR_SIZE, _ERR_NARGS, _ERR_PATH = range(2, 9)
+_ERR_LINES_FETCH, _ERR_LINES = 10, 11
 _ERRORS = {
+    _ERR_LINES_FETCH: "lines field (tag bit 6) on an instruction fetch record",
+    _ERR_LINES: "lines field of 0 or naming a line beyond the page",
     _ERR_TAG: "unknown record tag",
     _ERR_VARINT: "varint longer than 10 bytes (or above 2**64)",
     _ERR_REPEAT: "access record with repeat 0",
@@ -134,10 +148,14 @@ def _uv(buf, p, n):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _decode(buf, pos, state, kinds, addrs, sizes, reps, nrec, ev_pos, ev_tag, ev_start,
-            ev_count, nev, vals, nval):  # pragma: no cover - compiled
+def _decode(buf, pos, state, with_lines, kinds, addrs, sizes, reps, lines, nrec, ev_pos, ev_tag,
+            ev_start, ev_count, nev, vals, nval):  # pragma: no cover - compiled
     """Decode the records of ``buf`` (uint8, 1-D) from ``pos`` into the output arrays,
     appending after their first ``nrec`` / ``nev`` / ``nval`` entries.
+
+    Tags: below 0x40 an access record; 0x40-0x4F an event; with ``with_lines`` (format 2),
+    0x50-0x7F an access record with a lines field (tag bit 6; bit 4, repeat, is always set
+    then, which keeps these apart from the events); anything else is an unknown tag.
 
     ``state`` (uint64[4]: previous address of the fetch and data streams, previous size of
     each) is updated for every complete access record.  Bounds safety: every read of ``buf``
@@ -166,8 +184,8 @@ def _decode(buf, pos, state, kinds, addrs, sizes, reps, nrec, ev_pos, ev_tag, ev
         start = p
         tag = np.int64(buf[p])
         p += 1
-        if tag < 0x40:
-            # The three varints of an access record are read by loops written out in place:
+        if tag < 0x40 or (with_lines and tag < 0x80 and (tag & 0x10) != 0):
+            # The varints of an access record are read by loops written out in place:
             # numba compiles a helper returning (value, position, status) several times
             # slower, and this loop is the decoder's whole cost.
             if nrec >= rcap:
@@ -247,6 +265,31 @@ def _decode(buf, pos, state, kinds, addrs, sizes, reps, nrec, ev_pos, ev_tag, ev
                 if rep == np.uint64(0) or rep > np.uint64(0xFFFFFFFF):
                     status = _ERR_REPEAT
                     break
+            ln = np.uint64(0)
+            if tag & 0x40:
+                if (tag & 3) == 0:
+                    status = _ERR_LINES_FETCH
+                    break
+                sh = np.uint64(0)
+                q = p
+                while True:
+                    if p >= n:
+                        status = _CUT
+                        break
+                    b = np.uint64(buf[p])
+                    p += 1
+                    if p - q == 10 and b > one:
+                        status = _ERR_VARINT
+                        break
+                    ln |= (b & low7) << sh
+                    if b < 0x80:
+                        break
+                    if p - q == 10:
+                        status = _ERR_VARINT
+                        break
+                    sh += seven
+                if status != _OK:
+                    break
             if size == np.uint64(0):
                 status = _ERR_SIZE
                 break
@@ -257,12 +300,40 @@ def _decode(buf, pos, state, kinds, addrs, sizes, reps, nrec, ev_pos, ev_tag, ev
                 ps0 = size
             else:
                 a = pa1 + delta
+                if tag & 0x40:
+                    # The field: the other lines of the page, bit k = the k-th line in order
+                    # of distance from the first access's lines f..l (l+1, f-1, l+2, f-2 ...,
+                    # skipping lines beyond the page); the column: the whole bitmap.
+                    off = a & np.uint64(0xFFF)
+                    end = np.uint64(0xFFF) if size > np.uint64(0x1000) - off \
+                        else off + size - one
+                    f = np.int64(off >> np.uint64(6))
+                    lst = np.int64(end >> np.uint64(6))
+                    above = 63 - lst
+                    below = f
+                    if ln == np.uint64(0) or (ln >> np.uint64(above + below)) != np.uint64(0):
+                        status = _ERR_LINES
+                        break
+                    m = min(above, below)
+                    full = ((np.uint64(2) << np.uint64(lst - f)) - one) << np.uint64(f)
+                    while ln != np.uint64(0):  # once per line named
+                        k = np.int64(trailing_zeros(ln))
+                        ln &= ln - one
+                        if k < 2 * m:  # both sides: l+1, f-1, l+2, f-2 ...
+                            d = k // 2 + 1
+                            up = k % 2 == 0
+                        else:  # then only the side that has more lines
+                            d = k - m + 1
+                            up = above > below
+                        full |= one << np.uint64(lst + d if up else f - d)
+                    ln = full
                 pa1 = a
                 ps1 = size
             kinds[nrec] = tag & 3
             addrs[nrec] = a
             sizes[nrec] = size
             reps[nrec] = rep
+            lines[nrec] = ln
             nrec += 1
             continue
         # an event: its fields go to vals (raw varints; EXEC_PATH: byte offset and length)
@@ -349,6 +420,11 @@ class Block:
     size: np.ndarray    # uint64
     repeat: np.ndarray  # uint32
     events: list = field(default_factory=list)  # (pos, tag, values)
+    lines: np.ndarray | None = None  # uint64: lines bitmaps, 0 when absent (None: all 0)
+
+    def __post_init__(self) -> None:
+        if self.lines is None:
+            self.lines = np.zeros(len(self.kind), np.uint64)
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -368,7 +444,7 @@ class _Scratch(threading.local):
     def __init__(self):
         n = self.RECORDS
         self.rec = (np.empty(n, np.uint8), np.empty(n, np.uint64), np.empty(n, np.uint64),
-                    np.empty(n, np.uint32))
+                    np.empty(n, np.uint32), np.empty(n, np.uint64))
         self.grow_events(64)
 
     def grow_events(self, n: int) -> None:
@@ -399,6 +475,7 @@ class StreamDecoder:
         self.name = str(name)
         self.header: StreamHeader | None = None
         self._need_header = header
+        self._with_lines = True  # bare records (header=False): the current format
         self._state = np.zeros(4, np.uint64)
         self._carry = b""
         self.offset = 0
@@ -413,6 +490,10 @@ class StreamDecoder:
     def consumed(self) -> int:
         """Bytes of the file decoded so far (= ``offset``; ``pending`` bytes wait)."""
         return self.offset
+
+    def _copy(self, rec, nrec: int) -> tuple:
+        out = tuple(a[:nrec].copy() for a in rec[:4])
+        return (*out, rec[4][:nrec].copy() if self._with_lines else zero_lines(nrec))
 
     def feed(self, data) -> Block:
         if isinstance(data, np.ndarray):
@@ -432,6 +513,10 @@ class StreamDecoder:
                 self._carry = buf.tobytes()
                 return _empty_block()
             self.header = parse_header(buf[:HEADER_SIZE].tobytes(), self.name)
+            # lines fields: format 2, collapsed streams only (none elsewhere: their tags are
+            # unknown tags there, and their lines column is a shared zero column)
+            self._with_lines = (self.header.version >= 2
+                                and self.header.collapse == COLLAPSE_PAGE)
             self._need_header = False
             pos = HEADER_SIZE
             self.offset += HEADER_SIZE
@@ -440,13 +525,13 @@ class StreamDecoder:
         nrec = nev = nval = 0
         base = fixed = 0  # records in earlier pieces; events whose pos includes them
         while True:
-            nrec, nev, nval, stop, status = _decode(buf, pos, self._state, *sc.rec, nrec,
-                                                    *sc.ev, nev, sc.vals, nval)
+            nrec, nev, nval, stop, status = _decode(buf, pos, self._state, self._with_lines,
+                                                    *sc.rec, nrec, *sc.ev, nev, sc.vals, nval)
             self.offset += stop - pos
             pos = stop
             if status == _FULL:
                 if nrec == len(sc.rec[0]):  # records full: keep them, go on
-                    pieces.append(tuple(a[:nrec].copy() for a in sc.rec))
+                    pieces.append(self._copy(sc.rec, nrec))
                     sc.ev[0][fixed:nev] += base
                     base += nrec
                     fixed = nev
@@ -461,11 +546,13 @@ class StreamDecoder:
                              f"{_ERRORS[status]} (tag 0x{int(buf[pos]):02x})")
         if pos < len(buf):
             self._carry = buf[pos:].tobytes()
-        pieces.append(tuple(a[:nrec].copy() for a in sc.rec))
+        pieces.append(self._copy(sc.rec, nrec))
         if len(pieces) == 1:
-            kind, addr, size, rep = pieces[0]
+            kind, addr, size, rep, lines = pieces[0]
         else:
-            kind, addr, size, rep = (np.concatenate(c) for c in zip(*pieces))
+            kind, addr, size, rep, lines = (np.concatenate(c) for c in zip(*pieces))
+            if not self._with_lines:
+                lines = zero_lines(len(kind))
         self.records += len(kind)
         events = []
         ev_pos, ev_tag, ev_start, ev_count = sc.ev
@@ -481,7 +568,7 @@ class StreamDecoder:
             if tag == EV_END:
                 self.ended = True
             events.append((int(ev_pos[i]), tag, values))
-        return Block(kind, addr, size, rep, events)
+        return Block(kind, addr, size, rep, events, lines)
 
 
 def decode_file(path, piece: int = 4 << 20) -> tuple[StreamHeader, Block]:
@@ -514,9 +601,10 @@ def concat_blocks(blocks: list[Block]) -> Block:
     return Block(np.concatenate([b.kind for b in blocks]),
                  np.concatenate([b.addr for b in blocks]),
                  np.concatenate([b.size for b in blocks]),
-                 np.concatenate([b.repeat for b in blocks]), events)
+                 np.concatenate([b.repeat for b in blocks]), events,
+                 np.concatenate([b.lines for b in blocks]))
 
 
 __all__ = ["EV_END", "EV_EXEC_PATH", "EV_MAP", "EV_SIGNAL", "EV_SYSCALL", "EV_SYSCALL_PRE",
-           "EV_THREAD", "FORMAT_VERSION", "Block", "StreamDecoder", "StreamHeader",
+           "EV_THREAD", "FORMAT_VERSION", "READ_VERSIONS", "Block", "StreamDecoder", "StreamHeader",
            "concat_blocks", "decode_file", "parse_header"]

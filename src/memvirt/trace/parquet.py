@@ -2,11 +2,14 @@
 
 Schema (exactly the ``Trace`` columns of ``records.py``, no nulls)::
 
-    kind uint8, addr uint64, size uint64, pid int64, icount uint32, repeat uint32
+    kind uint8, addr uint64, size uint64, pid int64, icount uint32, repeat uint32,
+    lines uint64
 
 ``repeat`` (format 2) is the number of accesses a record stands for: 1 everywhere except in
 collapsed captures (``docs/mvtrace-format.md``).  Format 1 files have no ``repeat`` column and
-read as all 1.
+read as all 1.  ``lines`` (format 3) is the bitmap of the 64-byte lines of its page that a
+collapsed data record's accesses touched, 0 when they touched only the first access's lines;
+format 1 and 2 files have no ``lines`` column and read as all 0.
 
 Row groups hold about ``ROW_GROUP_RECORDS`` (1 Mi) records, so a writer never holds more
 than about two row groups in memory and a reader streams one batch at a time.
@@ -14,8 +17,8 @@ than about two row groups in memory and a reader streams one batch at a time.
 Key-value metadata in the file footer:
 
 ``memvirt.format_version``
-    ``"2"``.  Files without it (written by other tools with the right columns) are read as
-    format 1 (``repeat`` optional).
+    ``"3"``.  Files without it (written by other tools with the right columns) are read as
+    format 1 (``repeat`` and ``lines`` optional).
 ``memvirt.meta``
     JSON object: whatever the producer passed (``source``, ``command``, ``capture_date``,
     ``tools``, ``sync_instructions`` ...) plus what the writer counted: ``records``,
@@ -33,6 +36,7 @@ import json
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -46,11 +50,13 @@ from .base import DEFAULT_CHUNK, register_reader
 from .pageset import PageSet
 from .records import VALID_KINDS, Kind, Trace
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 META_VERSION_KEY = "memvirt.format_version"
 META_KEY = "memvirt.meta"
 ROW_GROUP_RECORDS = 1 << 20
 MAGIC = b"PAR1"
+MAX_META_BYTES = 16 << 20  # the longest memvirt.meta read
+MAX_META_DEPTH = 64  # how deeply memvirt.meta may nest (objects and arrays)
 
 _ARROW_TYPES = {
     "kind": pa.uint8(),
@@ -59,12 +65,21 @@ _ARROW_TYPES = {
     "pid": pa.int64(),
     "icount": pa.uint32(),
     "repeat": pa.uint32(),
+    "lines": pa.uint64(),
 }
-OPTIONAL_V1 = {"repeat"}  # columns format 1 files do not have
+# the format version that added a column: older files lack it (read as the Trace default:
+# repeat 1, lines 0)
+SINCE_VERSION = {"repeat": 2, "lines": 3}
 SCHEMA = pa.schema([pa.field(name, typ, nullable=False) for name, typ in _ARROW_TYPES.items()])
 
 _VALID_LUT = np.zeros(256, dtype=bool)
 _VALID_LUT[VALID_KINDS] = True
+
+
+def _why(e: BaseException) -> str:
+    """An exception's text on one line (pyarrow's messages span lines), not too long."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def kind_counts(counts: np.ndarray) -> dict[str, int]:
@@ -185,11 +200,78 @@ def rechunk(pieces: Iterable[Trace], chunk_records: int, meta: dict | None = Non
         yield out
 
 
+class _WriterState:
+    """What a ``TraceWriter`` leaves behind if it is not closed: its temporary file, its
+    Parquet writer and its background thread (the thread and the finalizer hold this, never
+    the ``TraceWriter`` itself, so an abandoned writer is collected and cleaned up)."""
+
+    def __init__(self, tmp: Path, row_group_records: int):
+        self.tmp = tmp
+        self.row_group_records = row_group_records
+        self.writer = None
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.done = False  # the file was renamed to its final name: nothing to discard
+        self.pid = os.getpid()  # a forked child that exits must not remove the parent's file
+
+
+def _drain(st: _WriterState) -> None:
+    """The background thread: write the tables handed over until ``None``."""
+    while True:
+        table = st.queue.get()
+        if table is None:
+            return
+        if st.error is not None:
+            continue  # keep draining so that the producer never blocks
+        try:
+            st.writer.write_table(table, row_group_size=st.row_group_records)
+        except BaseException as e:  # noqa: BLE001 - handed to the producer
+            st.error = e
+
+
+def _stop_thread(st: _WriterState) -> None:
+    t = st.thread
+    if t is None or t is threading.current_thread():
+        return
+    while t.is_alive():
+        try:
+            st.queue.put(None, timeout=0.05)
+            break
+        except queue.Full:
+            continue  # the thread is busy with a table: wait for room (or for it to end)
+    t.join()
+
+
+def _discard(st: _WriterState) -> None:
+    """Drop a partly written file: its name first (so nothing is left even if what follows
+    is interrupted; the thread and the writer finish on the unlinked file), then the thread
+    and the writer."""
+    if st.done or st.pid != os.getpid():
+        return
+    try:
+        st.tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+    finally:
+        _stop_thread(st)
+        if st.writer is not None:
+            try:
+                st.writer.close()
+            except Exception:  # noqa: BLE001 - best effort clean-up
+                pass
+            st.writer = None
+
+
 class TraceWriter:
     """Write ``Trace`` chunks to a memvirt Parquet file, one row group per ~1 Mi records.
 
     Use as a context manager.  The file appears under its name only when the writer closes
-    without an error (it is written to a temporary name first)."""
+    without an error (it is written to a temporary name first, ``.NAME.PID.tmp`` in the same
+    folder).  The temporary file is removed when anything fails (opening, writing, closing,
+    renaming), when the block is left by an exception (including ``KeyboardInterrupt``, which
+    the CLI raises on SIGTERM too), and when a writer that was never closed is collected or
+    the interpreter exits."""
 
     def __init__(self, path, meta: dict | None = None, *,
                  row_group_records: int = ROW_GROUP_RECORDS, compression_level: int | None = None):
@@ -203,46 +285,35 @@ class TraceWriter:
         self._held: list[Trace] = []
         self._n_held = 0
         self._closed = False
+        st = self._st = _WriterState(self._tmp, self.row_group_records)
+        # registered before the file exists: whatever happens next, the file goes with it
+        self._finalizer = weakref.finalize(self, _discard, st)
         try:
-            self._writer = pq.ParquetWriter(
+            st.writer = pq.ParquetWriter(
                 str(self._tmp), SCHEMA, compression="zstd",
                 compression_level=compression_level,
-                use_dictionary=["kind", "pid", "icount", "size", "repeat"],
+                use_dictionary=["kind", "pid", "icount", "size", "repeat", "lines"],
                 write_statistics=["kind", "pid"],
             )
+            # Row groups are encoded and compressed by a background thread (pyarrow releases
+            # the GIL), overlapping with whatever produces the records; at most two wait in
+            # the queue.
+            st.thread = threading.Thread(target=_drain, args=(st,),
+                                         name="memvirt-trace-writer", daemon=True)
+            st.thread.start()
         except (OSError, pa.ArrowException) as e:
-            raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
-        # Row groups are encoded and compressed by a background thread (pyarrow releases the
-        # GIL), overlapping with whatever produces the records; at most two wait in the queue.
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="memvirt-trace-writer",
-                                        daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while True:
-            table = self._queue.get()
-            if table is None:
-                return
-            if self._error is not None:
-                continue  # keep draining so that the producer never blocks
-            try:
-                self._writer.write_table(table, row_group_size=self.row_group_records)
-            except BaseException as e:  # noqa: BLE001 - handed to the producer
-                self._error = e
+            self.abort()
+            raise TraceError(f"{self.path}: cannot write trace file: {_why(e)}") from None
+        except BaseException:
+            self.abort()
+            raise
 
     def _check(self) -> None:
-        e = self._error
+        e = self._st.error
         if e is not None:
             if isinstance(e, OSError | pa.ArrowException):
-                raise TraceError(f"{self.path}: cannot write trace file: {e}") from None
+                raise TraceError(f"{self.path}: cannot write trace file: {_why(e)}") from None
             raise e
-
-    def _stop_thread(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -295,14 +366,15 @@ class TraceWriter:
 
     def _write_batches(self, batches: list) -> None:
         self._check()
-        self._queue.put(pa.Table.from_batches(batches, schema=SCHEMA))
+        self._st.queue.put(pa.Table.from_batches(batches, schema=SCHEMA))
 
     def close(self) -> None:
         if self._closed:
             return
+        st = self._st
         try:
             self._flush(final=True)
-            self._stop_thread()
+            _stop_thread(st)
             self._check()
             meta = dict(self.meta)
             meta.update(self.stats.as_meta())
@@ -310,27 +382,25 @@ class TraceWriter:
                 META_VERSION_KEY: str(FORMAT_VERSION),
                 META_KEY: json.dumps(meta, sort_keys=True, default=str),
             }
-            self._writer.add_key_value_metadata(kv)
-            self._writer.close()
-            self._closed = True
+            st.writer.add_key_value_metadata(kv)
+            st.writer.close()
+            st.writer = None
             os.replace(self._tmp, self.path)
+            st.done = True
+        except (OSError, pa.ArrowException) as e:
+            self.abort()
+            raise TraceError(f"{self.path}: cannot write trace file: {_why(e)}") from None
         except BaseException:
             self.abort()
             raise
+        self._closed = True
+        self._finalizer.detach()
 
     def abort(self) -> None:
         """Drop the partly written file."""
-        if not self._closed:
-            self._closed = True
-            self._stop_thread()
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - best effort clean-up
-                pass
-        try:
-            self._tmp.unlink()
-        except FileNotFoundError:
-            pass
+        self._closed = True
+        self._held, self._n_held = [], 0
+        self._finalizer()  # _discard, once
 
 
 def _batch(t: Trace) -> pa.RecordBatch:
@@ -359,32 +429,28 @@ class ParquetTraceSource:
         try:
             self._pf = pq.ParquetFile(str(self.path))
         except (OSError, pa.ArrowException) as e:
-            raise TraceError(f"{self.path}: not a readable Parquet file ({e})") from None
-        kv = self._pf.metadata.metadata or {}
-        version = kv.get(META_VERSION_KEY.encode(), b"1").decode(errors="replace")
+            raise TraceError(f"{self.path}: not a readable Parquet file ({_why(e)})") from None
         try:
-            v = int(version)
-        except ValueError:
+            kv = self._pf.metadata.metadata or {}
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self.path}: unreadable key-value metadata ({_why(e)})") from None
+        raw_version = kv.get(META_VERSION_KEY.encode(), b"1")
+        version = raw_version[:40].decode(errors="replace")
+        if not raw_version.isdigit() or len(raw_version) > 6 or int(raw_version) < 1:
             raise TraceError(
-                f"{self.path}: metadata {META_VERSION_KEY}={version!r} is not an integer"
-            ) from None
+                f"{self.path}: metadata {META_VERSION_KEY}={version!r} is not a format "
+                f"version (expected an integer from 1 to {FORMAT_VERSION})"
+            )
+        v = int(raw_version)
         if v > FORMAT_VERSION:
             raise TraceError(
-                f"{self.path}: trace format version {v} is newer than this memvirt reads "
-                f"({FORMAT_VERSION}); upgrade memvirt"
+                f"{self.path}: trace format version {v} (metadata {META_VERSION_KEY}) is newer "
+                f"than this memvirt reads ({FORMAT_VERSION}); upgrade memvirt"
             )
         self.format_version = v
         self._check_schema(v)
         raw = kv.get(META_KEY.encode())
-        meta: dict = {}
-        if raw is not None:
-            try:
-                meta = json.loads(raw)
-            except ValueError:
-                raise TraceError(f"{self.path}: metadata {META_KEY} is not valid JSON") from None
-            if not isinstance(meta, dict):
-                raise TraceError(f"{self.path}: metadata {META_KEY} is not a JSON object")
-        self.meta = meta
+        self.meta = {} if raw is None else _read_meta(raw, self.path)
         self.num_records = int(self._pf.metadata.num_rows)
         self.records_read = 0
 
@@ -392,10 +458,12 @@ class ParquetTraceSource:
         schema = self._pf.schema_arrow
         self._columns = []
         for name, typ in _ARROW_TYPES.items():
+            if len(schema.get_all_field_indices(name)) > 1:
+                raise TraceError(f"{self.path}: column '{name}' appears more than once")
             idx = schema.get_field_index(name)
             if idx < 0:
-                if version < 2 and name in OPTIONAL_V1:
-                    continue  # a format 1 file: every record stands for one access
+                if version < SINCE_VERSION.get(name, 1):
+                    continue  # an older format: the Trace default (repeat 1, lines 0)
                 raise TraceError(
                     f"{self.path}: column '{name}' is missing (a memvirt trace needs columns "
                     f"{', '.join(f'{n} {t}' for n, t in _ARROW_TYPES.items())})"
@@ -436,13 +504,54 @@ class ParquetTraceSource:
                     )
                 row += len(kind)
                 self.records_read = row
-                yield Trace(**cols, meta=self.meta)  # a missing repeat column reads as 1
+                yield Trace(**cols, meta=self.meta)  # missing repeat/lines: 1/0
         except (OSError, pa.ArrowException) as e:
-            raise TraceError(f"{self.path}: cannot read record {row}: {e}") from None
+            raise TraceError(f"{self.path}: cannot read record {row}: {_why(e)}") from None
 
     def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
         self.records_read = 0
         yield from rechunk(self._batches(chunk_records), chunk_records, meta=self.meta)
+
+    def locate(self, record_index: int) -> str | None:
+        """``FILE: row N``: record ``record_index`` (0-based, over all chunks) is row N of
+        the file (rows are records, in order); None beyond the file."""
+        r = int(record_index)
+        return f"{self.path}: row {r}" if 0 <= r < self.num_records else None
+
+
+def _read_meta(raw: bytes, path: Path) -> dict:
+    """The ``memvirt.meta`` value: a UTF-8 JSON object of bounded size and depth."""
+    where = f"{path}: metadata {META_KEY}"
+    if len(raw) > MAX_META_BYTES:
+        raise TraceError(f"{where} is {len(raw):,} bytes long (at most {MAX_META_BYTES:,} "
+                         f"are read)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{where} is not UTF-8 text (byte {e.start} is "
+                         f"0x{raw[e.start]:02x})") from None
+    try:
+        meta = json.loads(text)
+    except RecursionError:
+        raise TraceError(f"{where} nests too deeply (at most {MAX_META_DEPTH} levels)") from None
+    except ValueError as e:
+        raise TraceError(f"{where} is not valid JSON ({_why(e)})") from None
+    if not isinstance(meta, dict):
+        raise TraceError(f"{where} is not a JSON object (it is a JSON "
+                         f"{_json_type(meta)})")
+    # deep structures break the consumers (json.dumps, printing): bound the depth
+    level = [meta]
+    for _ in range(MAX_META_DEPTH):
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)
+                 if isinstance(c, dict | list)]
+        if not level:
+            return meta
+    raise TraceError(f"{where} nests too deeply (at most {MAX_META_DEPTH} levels)")
+
+
+def _json_type(v) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(v), "number")
 
 
 def read_parquet(path) -> ParquetTraceSource:

@@ -25,6 +25,16 @@ repeat     uint32    access: the number of accesses the record stands for (1, or
                      others of the same kind on the same 4 KiB page, see
                      docs/mvtrace-format.md); events: 1.  Optional when building
                      a ``Trace`` (default all 1).
+lines      uint64    LOAD/STORE/MODIFY: the bitmap of the 64-byte lines of the
+                     record's 4 KiB page that its accesses touched (bit i = line
+                     i, ``(addr >> 6) & 63``; the first access's lines included;
+                     a page-crossing access: the lines of its first page only),
+                     or 0: "not recorded", the accesses touched only the first
+                     access's lines (always so for a record of one access, so
+                     Lackey, ChampSim, synthetic and full traces are all 0).
+                     A cache model needs this set of lines (not their order).
+                     IFETCH and events: 0.  Optional when building a ``Trace``
+                     (default: a shared read-only column of zeros).
 =========  ========  ===========================================================
 
 A process exists from its first record (processes running when the trace
@@ -35,6 +45,7 @@ Whenever the record's pid differs from the running one, the guest loads CR3
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -67,7 +78,45 @@ COLUMNS: dict[str, np.dtype] = {
     "pid": np.dtype(np.int64),
     "icount": np.dtype(np.uint32),
     "repeat": np.dtype(np.uint32),
+    "lines": np.dtype(np.uint64),
 }
+
+LINE_SHIFT = 6  # 64-byte lines: bit ``(addr >> LINE_SHIFT) & 63`` of ``lines``
+
+_zero_lines = np.zeros(1 << 16, np.uint64)
+_zero_lines.setflags(write=False)
+_zero_buffers: weakref.WeakValueDictionary = weakref.WeakValueDictionary(
+    {id(_zero_lines): _zero_lines})
+
+
+def zero_lines(n: int) -> np.ndarray:
+    """A read-only uint64 column of ``n`` zeros: a view of one shared buffer (grown when
+    needed), so a ``Trace`` without bitmaps costs no allocation.  Being read-only, it can
+    never be changed by mistake through one trace (writing raises ``ValueError``)."""
+    global _zero_lines
+    buf = _zero_lines
+    if n > len(buf):
+        buf = np.zeros(max(n, 2 * len(buf)), np.uint64)
+        buf.setflags(write=False)
+        _zero_buffers[id(buf)] = buf
+        _zero_lines = buf  # (threads racing here each make a buffer: both are zeros)
+    return buf[:n]
+
+
+def is_zero_lines(col: np.ndarray) -> bool:
+    """``col`` is (a view of) a shared zero column of ``zero_lines``: all zeros, without
+    looking at its values."""
+    base = col.base
+    return base is not None and _zero_buffers.get(id(base)) is base
+
+
+def line_bits(addr: int, size: int) -> int:
+    """The ``lines`` bits of one access: the 64-byte lines of its 4 KiB page that it
+    touches (an access that crosses into the next page: those of its first page)."""
+    off = addr & 0xFFF
+    first = off >> LINE_SHIFT
+    last = min(off + max(size, 1) - 1, 0xFFF) >> LINE_SHIFT
+    return ((2 << (last - first)) - 1) << first
 
 
 @dataclass
@@ -81,10 +130,13 @@ class Trace:
     icount: np.ndarray
     repeat: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    lines: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.repeat is None:
             self.repeat = np.ones(len(np.asarray(self.kind)), np.uint32)
+        if self.lines is None:
+            self.lines = zero_lines(len(np.asarray(self.kind)))
         n = None
         for name, dt in COLUMNS.items():
             col = np.ascontiguousarray(np.asarray(getattr(self, name)), dtype=None)
@@ -111,14 +163,16 @@ class Trace:
 
     @classmethod
     def from_records(cls, records, meta: dict | None = None) -> Trace:
-        """Build from an iterable of (kind, addr, size, pid, icount[, repeat]) tuples
-        (tests, examples)."""
-        rows = [tuple(r) if len(r) == 6 else (*r, 1) for r in records]
+        """Build from an iterable of (kind, addr, size, pid, icount[, repeat[, lines]])
+        tuples (tests, examples); repeat defaults to 1, lines to 0."""
+        rows = [(*r, 1, 0) if len(r) == 5 else (*r, 0) if len(r) == 6 else tuple(r)
+                for r in records]
         if not rows:
             return cls.empty(meta)
         cols = list(zip(*rows))
-        if len(cols) != 6 or any(len(r) != 6 for r in rows):
-            raise ValueError("each record must be (kind, addr, size, pid, icount[, repeat])")
+        if len(cols) != 7 or any(len(r) != 7 for r in rows):
+            raise ValueError("each record must be (kind, addr, size, pid, icount[, repeat"
+                             "[, lines]])")
         return cls(
             kind=np.array(cols[0], np.uint8),
             addr=np.array(cols[1], np.uint64),
@@ -126,6 +180,7 @@ class Trace:
             pid=np.array(cols[3], np.int64),
             icount=np.array(cols[4], np.uint32),
             repeat=np.array(cols[5], np.uint32),
+            lines=np.array(cols[6], np.uint64),
             meta=dict(meta or {}),
         )
 
@@ -134,10 +189,11 @@ class Trace:
         parts = [p for p in parts]
         if not parts:
             return cls.empty(meta)
-        return cls(
-            **{k: np.concatenate([getattr(p, k) for p in parts]) for k in COLUMNS},
-            meta=dict(meta if meta is not None else parts[0].meta),
-        )
+        cols = {k: np.concatenate([getattr(p, k) for p in parts])
+                for k in COLUMNS if k != "lines"}
+        if not all(is_zero_lines(p.lines) for p in parts):
+            cols["lines"] = np.concatenate([p.lines for p in parts])
+        return cls(**cols, meta=dict(meta if meta is not None else parts[0].meta))
 
     def slice(self, start: int, stop: int) -> Trace:
         return Trace(**{k: getattr(self, k)[start:stop] for k in COLUMNS}, meta=self.meta)

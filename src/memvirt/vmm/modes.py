@@ -20,28 +20,33 @@ from ..guest import os as guest
 from ..guest.pagetable import STRIDE, find, make_key
 from ..hw.cache import DTLB, ITLB, STLB, insert, invalidate, lookup
 from ..hw.tlb import tlb_key
-from ..hw.walk import walk_1d, walk_2d
+from ..hw.walk import walk_1d, walk_2d, walk_shadow_pae
 from . import shadow
 from .p2m import vm_exit
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def _walk(st, slot, va, store):
-    """Walk until the translation allows the access; returns its write permission, or -1
-    after handling a fault (the access is retried)."""
+    """Walk until the translation allows the access; returns the TLB entry's value
+    (physical frame << 1 | write permission), or -1 after handling a fault (the access is
+    retried).  The frame is the one the caches see: the guest frame natively, the host
+    frame under virtualization."""
     S, gup, gleaf, sup, sleaf, slots = st.scalars, st.guest_upper, st.guest_leaf, st.shadow_upper, st.shadow_leaf, st.spaces
     mode = S[X.S_MODE]
     if mode == X.MODE_NESTED:
         i = walk_2d(st, slot, va)
+    elif mode == X.MODE_SHADOW and S[X.S_PAE_SHADOW] != 0:
+        i = walk_shadow_pae(st, slot, va)
     else:  # one call site: the walk inlines once
         shadowed = mode == X.MODE_SHADOW
         i = walk_1d(st, sup if shadowed else gup, sleaf if shadowed else gleaf, slot,
-                    slots[slot, X.SL_SROOT] if shadowed else slots[slot, X.SL_ROOT_GFN], va)
+                    slots[slot, X.SL_SROOT] if shadowed else slots[slot, X.SL_ROOT_GFN], va,
+                    S[X.S_ENTRY_BYTES])  # shadows of a 32-bit guest: 4-byte too (PAE: its walk)
     if mode == X.MODE_SHADOW:
         if i >= 0:
-            w = sleaf[i * STRIDE + 1] & 1
-            if store == 0 or w == 1:
-                return w
+            v = sleaf[i * STRIDE + 1]  # hfn << 1 | W
+            if store == 0 or (v & 1) == 1:
+                return v
         g = find(gleaf, make_key(slot, 0, va >> 12))
         if g >= 0 and (store == 0 or (gleaf[g * STRIDE + 1] & 1) == 1):
             vm_exit(st, K.EXIT_PF_HIDDEN)
@@ -51,16 +56,18 @@ def _walk(st, slot, va, store):
             guest.page_fault(st, slot, va, g)
         return -1
     if i >= 0:
-        w = gleaf[i * STRIDE + 1] & 1
-        if store == 0 or w == 1:
-            return w
+        v = gleaf[i * STRIDE + 1]  # gfn << 2 | COW << 1 | W
+        if store == 0 or (v & 1) == 1:
+            frame = (v >> 2) if mode == X.MODE_NATIVE else gleaf[i * STRIDE + 2]
+            return (frame << 1) | (v & 1)
     guest.page_fault(st, slot, va, i)
     return -1
 
 
 @njit(cache=True, _nrt=False, inline="always")
 def access(st, slot, va, store, fetch):
-    """Translate one access (one page).  Returns False if it never settles (internal error)."""
+    """Translate one access (one page).  Returns the TLB entry's value (physical frame << 1 |
+    write permission), or -1 if it never settles (internal error)."""
     C, ctag, cstamp, cval, cgeom, clast, cclock = st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
     C[K.ACCESSES] += 1
     key = tlb_key(slot, va >> 12)
@@ -68,8 +75,8 @@ def access(st, slot, va, store, fetch):
     i = lookup(ctag, cstamp, cgeom, clast, cclock, l1, key)
     if i >= 0:
         C[K.ITLB_HIT if fetch else K.DTLB_HIT] += 1
-        if store == 0 or cval[i] == 1:
-            return True
+        if store == 0 or (cval[i] & 1) == 1:
+            return cval[i]
         invalidate(ctag, cstamp, cgeom, clast, l1, key)  # write to a read-only (COW) translation
         invalidate(ctag, cstamp, cgeom, clast, STLB, key)
     else:
@@ -77,17 +84,17 @@ def access(st, slot, va, store, fetch):
         j = lookup(ctag, cstamp, cgeom, clast, cclock, STLB, key)
         if j >= 0:
             C[K.STLB_HIT] += 1
-            w = cval[j]
-            if store == 0 or w == 1:
-                insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, w)
-                return True
+            v = cval[j]
+            if store == 0 or (v & 1) == 1:
+                insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, v)
+                return v
             invalidate(ctag, cstamp, cgeom, clast, STLB, key)
         elif cgeom[STLB, 1] > 0:
             C[K.STLB_MISS] += 1
     for _ in range(8):
-        w = _walk(st, slot, va, store)
-        if w >= 0:
-            insert(ctag, cstamp, cval, cgeom, clast, cclock, STLB, key, w)
-            insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, w)
-            return True
-    return False
+        v = _walk(st, slot, va, store)
+        if v >= 0:
+            insert(ctag, cstamp, cval, cgeom, clast, cclock, STLB, key, v)
+            insert(ctag, cstamp, cval, cgeom, clast, cclock, l1, key, v)
+            return v
+    return -1

@@ -108,13 +108,30 @@ def on_guest_pte_write(st, slot, lv, va):
     # An upper entry now points to a new, not yet shadowed, guest page: nothing to propagate.
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def pages_per_shadow(S, lv):
+    """Host pages of one shadow of a guest page-table page at level ``lv``: 1, but a PAE
+    shadow of a 2-level guest ("2-on-3", Xen) takes 4 pages for the top (its four 512-entry
+    page directories) and 2 for each 1,024-entry guest page table."""
+    if S[X.S_PAE_SHADOW] == 0:
+        return 1
+    return 4 if lv == S[X.S_LEVELS] - 1 else 2
+
+
+@njit(cache=True, _nrt=False)
+def _free_shadow(st, h, n):
+    for i in range(n):
+        free_hfn(st, h + i)
+
+
 @njit(cache=True, _nrt=False)
 def new_root(st, slot):
-    C, slots = st.counters, st.spaces
-    slots[slot, X.SL_SROOT] = alloc_hfn(st, 1)
-    slots[slot, X.SL_NSHADOW] = 1
+    S, C, slots = st.scalars, st.counters, st.spaces
+    n = pages_per_shadow(S, S[X.S_LEVELS] - 1)
+    slots[slot, X.SL_SROOT] = alloc_hfn(st, n)
+    slots[slot, X.SL_NSHADOW] = n
     C[K.SHADOW_ROOTS] += 1
-    C[K.SHADOW_PAGES] += 1
+    C[K.SHADOW_PAGES] += n
 
 
 @njit(cache=True, _nrt=False)
@@ -127,9 +144,10 @@ def fill(st, slot, va):
     for lv in range(S[X.S_LEVELS] - 1, 0, -1):
         k = make_key(slot, lv, va >> (12 + S[X.S_BITS] * lv))
         if find(sup, k) < 0:
-            put(sup, used, k, alloc_hfn(st, 1), 0)
-            slots[slot, X.SL_NSHADOW] += 1
-            C[K.SHADOW_PAGES] += 1
+            n = pages_per_shadow(S, lv)
+            put(sup, used, k, alloc_hfn(st, n), 0)
+            slots[slot, X.SL_NSHADOW] += n
+            C[K.SHADOW_PAGES] += n
             C[K.SHADOW_FILLS] += 1
     _propagate_leaf(st, slot, va)
     _prefetch(st, slot, va)
@@ -141,7 +159,8 @@ def _prefetch(st, slot, va):
     leaf table, up to ``shadow_prefetch`` of them, stopping at one already shadowed."""
     S, C, gleaf, sleaf = st.scalars, st.counters, st.guest_leaf, st.shadow_leaf
     vpn = va >> 12
-    last = min(vpn + S[X.S_SH_PREFETCH], vpn | ((1 << S[X.S_BITS]) - 1))
+    bits = 9 if S[X.S_PAE_SHADOW] != 0 else S[X.S_BITS]  # entries of one shadow leaf page
+    last = min(vpn + S[X.S_SH_PREFETCH], vpn | ((1 << bits) - 1))
     used = S[X.S_SLEAF_USED:X.S_SLEAF_USED + 1]
     for v in range(vpn + 1, last + 1):
         sk = make_key(slot, 0, v)
@@ -167,10 +186,10 @@ def destroy(st, slot):
         remove(sleaf, make_key(slot, 0, scr[0, t]))
     for i in range(nu):
         j = find(sup, make_key(slot, scr[1, i], scr[2, i]))
-        free_hfn(st, sup[j * STRIDE + 1])
+        _free_shadow(st, sup[j * STRIDE + 1], pages_per_shadow(S, scr[1, i]))
         sup[j * STRIDE] = TOMB
-    free_hfn(st, slots[slot, X.SL_SROOT])
-    freed = nu + 1
+    _free_shadow(st, slots[slot, X.SL_SROOT], pages_per_shadow(S, S[X.S_LEVELS] - 1))
+    freed = slots[slot, X.SL_NSHADOW]
     C[K.SHADOW_PAGES_FREED] += freed
     C[K.SHADOW_ROOTS] += 1
     slots[slot, X.SL_SROOT] = -1

@@ -2,7 +2,8 @@
 
    Records every instruction fetch, load, store and modify of the client, like Lackey's
    --trace-mem=yes, but writes them as a compact binary stream (one file per process image)
-   in the format described by docs/mvtrace-format.md, optionally collapsed into per-page runs.
+   in the format described by docs/mvtrace-format.md, optionally collapsed into per-page runs
+   (a collapsed data record also says which 64-byte lines of its page its accesses touched).
 
    Instrumentation follows Lackey's rules exactly, so that the raw counts (and, with
    --collapse=none, the records themselves) are the same as Lackey's: one fetch per IMark,
@@ -33,7 +34,7 @@
    it. Valgrind opens its own log file this way. */
 extern Int VG_(safe_fd)(Int oldfd);
 
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2
 #define HEADER_SIZE 64
 
 enum { K_FETCH = 0, K_LOAD = 1, K_STORE = 2, K_MODIFY = 3 };
@@ -44,8 +45,12 @@ enum {
 
 #define PAGE_SHIFT 12
 #define PAGE_MASK 0xFFFUL
+#define LINE_SHIFT 6           /* 64-byte lines: bit (addr >> 6) & 63 of a lines bitmap */
 #define NO_RUN (~0UL)          /* a page key no access can have: no open run */
-#define MAX_REC_BYTES 32       /* tag + 10 (address) + 10 (size) + 10 (repeat) */
+#define MAX_REC_BYTES 32       /* tag + 10 (address) + 5 (size) + 5 (repeat) + 10 (lines) */
+#define TAG_REPEAT 0x10
+#define TAG_SAME_SIZE 0x20
+#define TAG_LINES 0x40
 #define MAX_EVENT_BYTES 512    /* the largest event is EXEC_PATH: 1 + 2 + 255 */
 #define MAX_PATH_BYTES 255
 
@@ -60,12 +65,15 @@ static Long clo_buffer_mb = 4;
 /* ------------------------------------------------------------------------------------------
    Per-image state */
 
-/* A staged access record: repeat counts are bumped in place while its run is open. */
+/* A staged access record: repeat counts are bumped (and line bits of the data run set) in
+   place while its run is open. */
 typedef struct {
-   Addr addr;
-   UInt size;
-   UInt rep;
-   UInt kind;
+   Addr  addr;
+   ULong lines;   /* data records: the lines of the page the folded accesses (the 2nd,
+                     3rd... of the run) touched */
+   UInt  size;
+   UInt  rep;
+   UInt  kind;
 } Rec;
 
 static Bool   tracing = False;    /* False after an error: the client runs on, untraced */
@@ -155,6 +163,37 @@ static inline UChar* put_sv(UChar* p, Long v)
    return put_uv(p, ((ULong)v << 1) ^ (ULong)(v >> 63));
 }
 
+/* The 64-byte lines of its 4 KiB page that an access touches, as a bitmap (bit i = line i);
+   for an access that crosses into the next page, those of its first page. */
+static inline ULong line_bits(Addr a, UWord size)
+{
+   UWord off = a & PAGE_MASK;
+   UWord end = off + (size ? size - 1 : 0);
+   UWord first = off >> LINE_SHIFT;
+   UWord last = (end > PAGE_MASK ? PAGE_MASK : end) >> LINE_SHIFT;
+   return (((ULong)2 << (last - first)) - 1) << first;   /* lines first..last */
+}
+
+/* The value of a record's lines field (docs/mvtrace-format.md): the lines of the page that
+   the first access (lines f..l, bitmap `first`) did not touch, in order of distance from
+   it, l+1, f-1, l+2, f-2, ... (skipping lines beyond the page): bit k = the k-th of them. */
+static ULong lines_field(ULong lines, ULong first)
+{
+   ULong other = lines & ~first, v = 0;
+   UWord f = (UWord)__builtin_ctzll(first), l = 63 - (UWord)__builtin_clzll(first);
+   UWord above = 63 - l, below = f;   /* lines of the page above l and below f */
+   while (other) {
+      UWord c = (UWord)__builtin_ctzll(other);
+      UWord d = c > l ? c - l : f - c;   /* distance from the first access's lines */
+      UWord k = VG_MIN(d - 1, above) + VG_MIN(d - 1, below);   /* lines nearer than d */
+      if (c < f && d <= above)
+         k++;   /* line l+d comes first */
+      v |= (ULong)1 << k;
+      other &= other - 1;
+   }
+   return v;
+}
+
 /* Encode every staged record and close both runs. Called at sync points, before events and
    when the staging area is full: the only moments when no record is still growing. */
 static void close_runs(void)
@@ -174,12 +213,21 @@ static void close_runs(void)
       UChar* t = p++;
       p = put_sv(p, (Long)(r->addr - prev_addr[s]));
       if (r->size == prev_size[s])
-         tag |= 0x20;
+         tag |= TAG_SAME_SIZE;
       else
          p = put_uv(p, r->size);
       if (r->rep != 1) {
-         tag |= 0x10;
+         tag |= TAG_REPEAT;
          p = put_uv(p, r->rep);
+         /* the lines field, only when the folded accesses touched a line that the first
+            did not */
+         if (s && r->lines) {
+            ULong first = line_bits(r->addr, r->size);
+            if (r->lines & ~first) {
+               tag |= TAG_LINES;
+               p = put_uv(p, lines_field(r->lines, first));
+            }
+         }
       }
       *t = tag;
       prev_addr[s] = r->addr;
@@ -215,6 +263,7 @@ static inline Rec* new_rec(UInt kind, Addr a, UWord size)
       close_runs();
    r = &stage[n_staged++];
    r->addr = a;
+   r->lines = 0;
    r->size = (UInt)size;
    r->rep = 1;
    r->kind = kind;
@@ -245,6 +294,7 @@ static VG_REGPARM(2) void on_data(Addr a, UWord kind_size)
    n_data[kind]++;
    if (key == data_key && (a & PAGE_MASK) + size <= 4096 && data_rec->rep != 0xFFFFFFFFU) {
       data_rec->rep++;
+      data_rec->lines |= line_bits(a, size);   /* the sets of lines, not their order */
       return;
    }
    data_rec = new_rec(kind, a, size);
@@ -750,7 +800,7 @@ static void mv_fini(Int exitcode_unused)
 static void mv_pre_clo_init(void)
 {
    VG_(details_name)("mvtrace");
-   VG_(details_version)("1");
+   VG_(details_version)("2");
    VG_(details_description)("memvirt's memory access capture");
    VG_(details_copyright_author)("memvirt authors");
    VG_(details_bug_reports_to)("memvirt");
