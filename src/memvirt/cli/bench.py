@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--capture", action="store_true",
                    help="measure capture instead: mvtrace (collapsed, full) against Lackey on "
                    "a ~10^8-instruction Python loop")
+    p.add_argument("--markdown", action="store_true",
+                   help="with --capture: print a Markdown table instead of JSON")
     p.add_argument("--capture-scale", type=float, default=1.0, metavar="X",
                    help="capture program length x 10^8 instructions (default 1)")
     p.add_argument("--no-lackey", action="store_true",
@@ -79,7 +81,12 @@ def _capture(args) -> int:
 
     out = run_capture_bench(args.capture_scale, lackey=not args.no_lackey, progress=progress)
     text = json.dumps(out, indent=2)
-    print(text)
+    if args.markdown:
+        from ..trace.capture_bench import markdown_table
+
+        print(markdown_table(out), end="")
+    else:
+        print(text)
     if args.output:
         from ..fileio import atomic_write_text
 

@@ -92,3 +92,21 @@ def run_capture_bench(scale: float = 1.0, lackey: bool = True, progress=None) ->
             r["speedup_wall_vs_lackey"] = round(ref["wall_s"] / r["wall_s"], 1)
             r["speedup_cpu_vs_lackey"] = round(ref["cpu_s"] / r["cpu_s"], 1)
     return out
+
+
+def markdown_table(out: dict) -> str:
+    """The benchmark as a Markdown table (what the README quotes, pasted as printed)."""
+    lines = [f"Program: `{out['program']}` (scale {out['scale']:g}), "
+             f"{out['runs'][0]['instructions']:,} instructions.", "",
+             "| backend | records | wall s | CPU s | raw events / CPU s | tool B/instr "
+             "| Parquet B/instr | vs Lackey (wall) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in out["runs"]:
+        name = r["backend"] + ("" if r["backend"] == "lackey" else f" --collapse {r['collapse']}")
+        speed = r.get("speedup_wall_vs_lackey")
+        lines.append(
+            f"| {name} | {r['records']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+            f"| {r['raw_events_per_cpu_s'] / 1e6:.1f} M | {r['tool_bytes_per_instruction']:.2f} "
+            f"| {r['parquet_bytes_per_instruction']:.3f} "
+            f"| {f'{speed:.1f}x' if speed else ('1x' if r['backend'] == 'lackey' else '-')} |")
+    return "\n".join(lines) + "\n"
