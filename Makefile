@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps tool
+.PHONY: demo test lint bench clean sysdeps tool workloads-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,3 +39,36 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# What the real-program suite (memvirt workloads, docs/workloads-real.md) runs: Debian
+# packages (installed when run as root, as sysdeps does; otherwise the apt-get command is
+# printed), the PyPI group `workloads` in .venv, and the C code base of the compile workload
+# (brotli's sdist, which vendors the C library; keep the version in step with
+# BROTLI_VERSION in src/memvirt/workloads/inputs.py).  Idempotent: a stamp file records a
+# complete install.  `make test` does not need it (tests skip what is missing).
+WL_DEBS := bash coreutils grep sed gawk dash diffutils make gcc binutils sqlite3 zstd python3
+WL_BROTLI := 1.2.0
+WL_SRC := $(VENV)/workloads-src
+WL_STAMP := $(VENV)/.workloads-deps
+
+workloads-deps: $(WL_STAMP)
+
+$(WL_STAMP): $(STAMP) pyproject.toml
+	@missing=""; for p in $(WL_DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "note: the workloads need Debian packages; run as root: apt-get install$$missing"; fi; \
+	fi
+	$(BIN)/pip install -q -e '.[test,workloads]'
+	@mkdir -p $(WL_SRC)
+	@test -f $(WL_SRC)/brotli-$(WL_BROTLI).tar.gz || \
+	  $(BIN)/pip download -q --no-binary :all: --no-deps -d $(WL_SRC) brotli==$(WL_BROTLI)
+	@missing=""; for p in $(WL_DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ] && [ -f $(WL_SRC)/brotli-$(WL_BROTLI).tar.gz ]; then touch $@; \
+	else echo "note: workloads-deps incomplete (missing:$$missing); run it again as root"; fi
