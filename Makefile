@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean sysdeps tool workloads-deps
+.PHONY: demo test lint bench clean sysdeps tool workloads-deps docs-numbers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(STAMP) sysdeps tool
 
 bench: $(STAMP)
 	$(BIN)/memvirt bench
+
+# Rewrite the generated numbers in README.md and docs/*.md from the code (src/memvirt/
+# docsnumbers.py; tests/test_docs_numbers.py fails when one is stale).
+docs-numbers: $(STAMP)
+	$(BIN)/python -m memvirt.docsnumbers --write
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache

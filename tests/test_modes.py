@@ -42,7 +42,7 @@ def test_demand_faults_and_munmap_under_shadow():
     # A again: true fault (1), the frame comes back from the free list already backed,
     #    leaf write traps (1) and is propagated.
     assert e == {"pf_true": 4, "pf_hidden": 1, "pte_write": 1 + 2 + 3 + 1, "cr3_load": 1,
-                 "invlpg": 3, "ept_violation": 0, "populate": 7}
+                 "invlpg": 3, "ept_violation": 0, "populate": 7, "unsync": 0}
 
 
 def test_nested_never_exits_for_faults_cr3_or_invlpg():
@@ -88,7 +88,7 @@ def test_fork_and_cow_under_shadow():
     #   INVLPGs the old translation (1).
     # child exit: the first teardown write to its shadowed tables exits (1, early unshadow).
     assert d == {"pf_true": 1, "pf_hidden": 1, "pte_write": 3 + 1 + 1, "cr3_load": 1 + 1,
-                 "invlpg": 1, "ept_violation": 0, "populate": 4 + 1}
+                 "invlpg": 1, "ept_violation": 0, "populate": 4 + 1, "unsync": 0}
     r = simulate(t, CFG, "shadow").to_dict()
     assert r["guest_page_faults"] == {"total": 4, "demand": 3, "cow": 1}
 
@@ -98,10 +98,10 @@ def test_out_of_sync_leaf_tables_cut_pte_write_exits():
     sync = exits(simulate(t, CFG, "shadow"))
     oos = exits(simulate(t, Config(), "shadow"))
     # In sync: 3 leaf writes (B, C, D) + 4 clears trap.  Out of sync: only the first leaf
-    # write (B) traps and unsyncs the table; C and D then miss in the stale shadow (2 hidden
-    # faults); the clears do not trap.
-    assert sync["pte_write"] == 1 + 3 + 4
-    assert oos["pte_write"] == 1 + 1
+    # write (B) traps and unsyncs the table (an unsync exit, not an emulated write); C and
+    # D then miss in the stale shadow (2 hidden faults); the clears do not trap.
+    assert sync["pte_write"] == 1 + 3 + 4 and sync["unsync"] == 0
+    assert oos["pte_write"] == 1 and oos["unsync"] == 1
     assert oos["pf_hidden"] == sync["pf_hidden"] + 2
 
 

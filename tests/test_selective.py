@@ -151,9 +151,9 @@ def test_switch_round_trip_keeps_guest_state(oos):
         assert ct[K.EXIT_PF_HIDDEN] == old_touched == 60
         assert ct[K.EXIT_PTE_WRITE] == new_touched
     else:
-        # Out-of-sync leaf pages: only the first write to the (single) leaf page traps;
-        # the later new entries are filled by hidden faults.
-        assert ct[K.EXIT_PTE_WRITE] == 1
+        # Out-of-sync leaf pages: only the first write to the (single) leaf page traps
+        # (and unsyncs it); the later new entries are filled by hidden faults.
+        assert ct[K.EXIT_UNSYNC] == 1 and ct[K.EXIT_PTE_WRITE] == 0
         assert ct[K.EXIT_PF_HIDDEN] == old_touched + new_touched - 1
     assert ct[K.EXIT_CR3] == ct[K.EXIT_INVLPG] == 0  # no guest event ran under shadow
 
@@ -168,6 +168,7 @@ def test_switch_round_trip_keeps_guest_state(oos):
     expect = (ct[K.EXIT_PF_TRUE] * (c.vm_exit + c.hv_pf_true)
               + ct[K.EXIT_PF_HIDDEN] * (c.vm_exit + c.hv_pf_hidden)
               + ct[K.EXIT_PTE_WRITE] * (c.vm_exit + c.hv_pte_write)
+              + ct[K.EXIT_UNSYNC] * (c.vm_exit + c.hv_unsync)
               + ct[K.EXIT_POPULATE] * (c.hv_ept_violation - c.hv_ept_violation)  # same price
               + ct[K.OOS_RESYNCS] * c.hv_oos_resync
               + ct[K.SHADOW_PAGES_FREED] * c.hv_shadow_page_free

@@ -100,10 +100,6 @@ def test_selective_within_2pct_of_better_static_mode(results, policy, lv):
         assert x <= 1.02, (wl, x)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 12, open: with the memory hierarchy, boot population and the VMM footprint the "
-    "cost policy ends 3.7% over shadow paging on the quick chase (it was within 2%); the "
-    "policy's cost estimates are not yet rederived for the new mechanisms"))
 def test_cost_policy_within_2pct_on_chase(results):
     # Reproduced since the shadow refill prefetches neighbouring entries as Xen does
     # (vmm.shadow_prefetch): before, the cost policy's wait for the refill to pay off left

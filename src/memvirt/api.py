@@ -8,11 +8,12 @@ import numpy as np
 
 from . import counters as K
 from . import state as X
+from .budget import SimulatorMemoryError, check_run, estimate_bytes, fmt_bytes
 from .config import Config
-from .engine import Machine
+from .engine import Machine, RecordError
 from .errors import ConfigError, TraceError
 from .result import Result, sample_dict
-from .trace.base import DEFAULT_CHUNK, open_trace
+from .trace.base import DEFAULT_CHUNK, locate_record, open_trace
 
 MODE_CHOICES = ("native", "shadow", "nested", "selective")
 
@@ -36,11 +37,51 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
     ``mode`` is native, shadow, nested or selective; for selective, ``policy`` is a
     policy name, ``module:Class`` or a ``Policy`` instance (default: config
     ``selective.policy``).  ``progress(records_done)`` is called after every chunk.
+
+    A trace whose footprint is known (its metadata's ``footprint_pages``) is refused with
+    ``budget.MemoryBudgetError`` when the estimated peak memory is above
+    ``run.memory_budget_fraction`` of the memory available; memory that runs out during the
+    run gives ``budget.SimulatorMemoryError``.  Records the engine rejects give a
+    ``TraceError`` naming the file and the position in it (the source's ``locate``).
     """
     cfg = resolve_config(config)
     if mode not in MODE_CHOICES:
         raise ConfigError(f"unknown mode '{mode}'; expected one of {', '.join(MODE_CHOICES)}")
     src = open_trace(trace)
+    meta = dict(getattr(src, "meta", {}) or {})
+    where = str(getattr(src, "path", None) or meta.get("path") or meta.get("name")
+                or meta.get("generator") or "trace")
+    check_run(src, cfg, mode, where, chunk_records)
+    try:
+        return _simulate(src, cfg, mode, policy, chunk_records, progress, where)
+    except RecordError as e:
+        raise _located(src, e) from None
+    except SimulatorMemoryError as e:
+        raise SimulatorMemoryError(f"{where}: {e}", e.record, e.pages) from None
+    except MemoryError:  # building the machine (its guest frames), or the policy's
+        est = estimate_bytes(cfg, mode, 0, chunk_records)
+        raise SimulatorMemoryError(
+            f"{where}: the simulator ran out of memory outside its records (building the "
+            f"machine or the result; the fixed state for {cfg.guest.memory_mib:,} MiB of guest memory, guest.memory_mib, and "
+            f"its caches takes about {fmt_bytes(est['fixed state'])}); run it on a machine "
+            f"with more memory or lower guest.memory_mib") from None
+
+
+def _located(src, e: RecordError) -> TraceError:
+    """The engine's error about a record, with the file and the position in it when the
+    source can place the record (``FILE:LINE``, ``FILE: byte N``, ``FILE: row N``), else
+    the file and the record index, else (an in-memory trace) the record index alone."""
+    where = locate_record(src, e.record)
+    if where is not None:
+        return TraceError(f"{where}: {e.reason} (memvirt record {e.record})")
+    path = getattr(src, "path", None)
+    if path is not None:
+        return TraceError(f"{path}: record {e.record}: {e.reason}")
+    return TraceError(str(e))
+
+
+def _simulate(src, cfg: Config, mode: str, policy, chunk_records: int, progress,
+              where: str) -> Result:
     selective = mode == "selective"
     pol = None
     if selective:
@@ -98,17 +139,23 @@ def simulate(trace, config=None, mode: str = "native", policy=None, *,
         m.boundary = next_boundary(int(m.C[K.INSTR]))
 
     m.boundary = next_boundary(0)
-    for chunk in src.chunks(chunk_records):
-        m.run_chunk(chunk, on_period)
-        if progress is not None:
-            progress(m.records_done)
+    try:
+        for chunk in src.chunks(chunk_records):
+            m.run_chunk(chunk, on_period)
+            if progress is not None:
+                progress(m.records_done)
+    except MemoryError:  # reading a chunk, the engine's buffers (its tables: grow_or_fail)
+        pages = int(m.S[X.S_GLEAF_USED])
+        raise SimulatorMemoryError(
+            f"the simulator ran out of memory after {m.records_done:,} records (reading the "
+            f"next chunk of {chunk_records:,} records or making room for it; about {pages:,} "
+            f"distinct pages mapped, state {fmt_bytes(m.state_bytes())}); run the trace on a "
+            f"machine with more memory", record=m.records_done, pages=pages) from None
     if m.pending_mode is not None and decisions:
         decisions[-1]["applied"] = False  # the trace ended before the next period began
         decisions[-1]["to"] = decisions[-1]["from"]
         decisions[-1]["reason"] += " (not applied: end of trace)"
-    meta = dict(getattr(src, "meta", {}) or {})
-    where = (getattr(src, "path", None) or meta.get("path") or meta.get("name")
-             or meta.get("generator") or "trace")
+    meta = dict(getattr(src, "meta", {}) or {})  # (readers may add to it as they read)
     if m.records_done == 0:
         raise TraceError(f"{where}: the trace has no records")
     if warmup > 0 and warm["counters"] is None:

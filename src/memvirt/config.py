@@ -218,14 +218,19 @@ class CostConfig(_Section):
         2000.0, ge=0, description="VM exit + VM entry round trip on Nehalem (SplitX, WIOV 2011; "
         "KVM on Sandy Bridge-E: 1,600-1,700 cycles for an empty VMCALL)")
     hv_pf_true: float = Field(
-        10000.0, ge=0, description="VMM work for a true guest fault under shadow: walk the guest "
+        5000.0, ge=0, description="VMM work for a true guest fault under shadow: walk the guest "
         "table, find it not present, inject the #PF")
     hv_pf_hidden: float = Field(
-        12000.0, ge=0, description="VMM work for a hidden fault: walk the guest table and fill the "
+        6000.0, ge=0, description="VMM work for a hidden fault: walk the guest table and fill the "
         "shadow path (Xen sh_page_fault)")
     hv_pte_write: float = Field(
         10000.0, ge=0, description="VMM work to emulate a write to a write-protected guest "
         "page-table page and propagate it to the shadow (x86 emulator + validation)")
+    hv_unsync: float = Field(
+        3000.0, ge=0, description="VMM work for the first write to an in-sync leaf page-table "
+        "page with out-of-sync shadows (Xen 3.3 Shadow 3, sh_unsync): the page is marked out "
+        "of sync and given write access, the write is not emulated (estimate: a fault exit's "
+        "handler without the guest walk and shadow build)")
     hv_cr3: float = Field(3000.0, ge=0, description="VMM work for a guest CR3 load under shadow")
     hv_invlpg: float = Field(2000.0, ge=0, description="VMM work for a guest INVLPG under shadow")
     hv_ept_violation: float = Field(
@@ -263,6 +268,14 @@ class RunConfig(_Section):
         "tables, the shadow/EPT state, TLBs and caches but are not counted in the steady-state "
         "figures (results give whole-run figures beside them).  The warm-up ends at the first "
         "sync point at or after this count")
+    memory_budget_fraction: float = Field(
+        0.8, ge=0.0, le=1000.0,
+        description="share of the memory available (physical memory, or less under a cgroup "
+        "limit or an address-space rlimit) that a run's estimated peak memory may take: a "
+        "trace whose footprint is known (memvirt Parquet files record it) is refused before "
+        "its first record when the estimate (bytes per distinct page touched per mode, "
+        "memvirt.budget) is above it, as is an in-memory synthetic trace too large to build; "
+        "0 turns the check off, above 1 counts on swap")
 
 
 class Config(_Section):

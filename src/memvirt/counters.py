@@ -76,7 +76,8 @@ NREF_L1 = 60  # the nested (EPT) dimension's walk references by level: NREF_L1 +
 NREF_L2 = 61
 NREF_L3 = 62
 NREF_DRAM = 63
-NCOUNTERS = 64
+EXIT_UNSYNC = 64  # a write to an in-sync leaf page-table page that unsyncs it (Xen OOS)
+NCOUNTERS = 65
 
 NAMES = [
     "instructions", "accesses", "ifetch", "loads", "stores",
@@ -95,6 +96,7 @@ NAMES = [
     "data_l1", "data_l2", "data_l3", "data_dram",
     "vmm_tlb_fills", "vmm_line_fills", "highpte_maps",
     "walk_refs_nested_l1", "walk_refs_nested_l2", "walk_refs_nested_l3", "walk_refs_nested_dram",
+    "exit_unsync",
 ]
 assert len(NAMES) == NCOUNTERS
 
@@ -103,6 +105,7 @@ EXIT_REASONS = {
     "pf_true": (EXIT_PF_TRUE, "hv_pf_true"),
     "pf_hidden": (EXIT_PF_HIDDEN, "hv_pf_hidden"),
     "pte_write": (EXIT_PTE_WRITE, "hv_pte_write"),
+    "unsync": (EXIT_UNSYNC, "hv_unsync"),
     "cr3_load": (EXIT_CR3, "hv_cr3"),
     "invlpg": (EXIT_INVLPG, "hv_invlpg"),
     "ept_violation": (EXIT_EPT_VIOLATION, "hv_ept_violation"),

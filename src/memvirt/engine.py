@@ -15,6 +15,7 @@ from numba import njit
 
 from . import counters as K
 from . import state as X
+from .budget import SimulatorMemoryError, fmt_bytes
 from .config import Config
 from .errors import TraceError
 from .guest import os as guest
@@ -405,6 +406,17 @@ def _kind_name(k: int) -> str:
     return Kind(k).name if k in Kind._value2member_map_ else str(k)
 
 
+class RecordError(TraceError):
+    """A record the engine rejects: ``record`` is its global index (0-based, over all chunks,
+    as the source yielded them) and ``reason`` what is wrong.  ``api.simulate`` adds where
+    the record is in its file (the source's ``locate``)."""
+
+    def __init__(self, record: int, reason: str):
+        super().__init__(f"record {record}: {reason}")
+        self.record = int(record)
+        self.reason = reason
+
+
 class Machine:
     """All state of one simulated machine (guest, VMM, hardware) between kernel calls."""
 
@@ -548,7 +560,7 @@ class Machine:
         child = tr.addr[fork_idx]
         if (child > np.uint64(2**62)).any():
             r = int(fork_idx[np.argmax(child > np.uint64(2**62))])
-            raise TraceError(f"record {base + r}: fork child pid {int(tr.addr[r])} out of range")
+            raise RecordError(base + r, f"fork child pid {int(tr.addr[r])} out of range")
         pid_ids, child_ids_f = self._dense_ids(tr.pid, child.astype(np.int64))
         child_ids = np.zeros(n, np.int64)
         child_ids[fork_idx] = child_ids_f
@@ -588,7 +600,7 @@ class Machine:
                 10: f"a lines bitmap (0x{int(tr.lines[r]):x}) on a {_kind_name(int(kind[r]))} "
                     f"record (bitmaps describe LOAD, STORE and MODIFY records only)",
             }[err]
-            raise TraceError(f"record {base + r}: {msg}")
+            raise RecordError(base + r, msg)
         return slot, arg, lines
 
     def _dense_ids(self, pids: np.ndarray, children: np.ndarray):
@@ -630,26 +642,67 @@ class Machine:
                                       tr.repeat, lines, slot, arg, pos, n, self.boundary,
                                       self.sync)
             if status == X.ST_GROW:
-                self.grow()
+                self.grow_or_fail(self.records_done + pos)
             elif status == X.ST_PERIOD:
                 self.position = self.records_done + pos  # records run so far
                 on_period()
             elif status == X.ST_ERROR:
                 if self.S[X.S_ERROR] == X.ERR_OOM:
                     g = self.config.guest
-                    raise TraceError(
-                        f"record {self.records_done + pos}: the guest ran out of memory: its "
+                    raise RecordError(
+                        self.records_done + pos, f"the guest ran out of memory: its "
                         f"{g.memory_mib:,} MiB (guest.memory_mib) hold fewer free frames than "
                         f"the trace's processes need; raise guest.memory_mib")
-                raise TraceError(f"record {self.records_done + pos}: internal error: translation "
-                                 f"did not settle (please report this trace)")
+                raise RecordError(self.records_done + pos, "internal error: translation did "
+                                  "not settle (please report this trace)")
         self.records_done += n
 
     def switch(self, mode: int) -> None:
         # Destroying shadows frees host frames onto hfree: make room first.
         need = int(self.slots[:, X.SL_NSHADOW].sum()) + 16
         self.S[X.S_NEED] = need
-        self.grow()
+        self.grow_or_fail(self.records_done)
         switch_mode(self.state(), mode)
+
+    # ------------------------------------------------------------------ growth failures
+    def state_bytes(self) -> int:
+        """Bytes of the state's arrays."""
+        return sum(a.nbytes for a in self.state())
+
+    def growth_bytes(self) -> int:
+        """What ``grow`` allocates for the current ``S_NEED`` (the tables it would rebuild,
+        the free stack and the scratch rows), computed without allocating."""
+        S, need = self.S, int(self.S[X.S_NEED])
+        total = 0
+        for name, used in (("gup", X.S_GUP_USED), ("gleaf", X.S_GLEAF_USED),
+                           ("sup", X.S_SUP_USED), ("sleaf", X.S_SLEAF_USED),
+                           ("eup", X.S_EUP_USED)):
+            t = getattr(self, name)
+            if S[used] + need > (t.shape[0] // pt.STRIDE) // 2:
+                cap = max(2 * (int(S[used]) + need) + 16, t.shape[0] // pt.STRIDE)
+                total += (1 << max(4, (cap - 1).bit_length())) * pt.STRIDE * 8
+        if S[X.S_HFREE_TOP] + need > self.hfree.shape[0]:
+            total += 8 * max(2 * self.hfree.shape[0], int(S[X.S_HFREE_TOP]) + 2 * need)
+        used = max(int(S[X.S_GLEAF_USED] + S[X.S_GUP_USED]),
+                   int(S[X.S_SLEAF_USED] + S[X.S_SUP_USED]))
+        if used + need + X.SCR_SLACK > self.scr.shape[1]:
+            total += 5 * 8 * (2 * (used + need) + X.SCR_SLACK)
+        return total
+
+    def grow_or_fail(self, record: int) -> None:
+        """``grow``, or a ``SimulatorMemoryError`` (no traceback) when the memory for the
+        bigger tables cannot be had: it names the records run, the pages mapped so far, the
+        state's size and the bytes the growth needed."""
+        try:
+            self.grow()
+        except MemoryError:
+            pages = int(self.S[X.S_GLEAF_USED])
+            raise SimulatorMemoryError(
+                f"the simulator ran out of memory at record {record:,}: after mapping about "
+                f"{pages:,} distinct pages its state takes {fmt_bytes(self.state_bytes())} and "
+                f"growing its tables needs {fmt_bytes(self.growth_bytes())} more (the state "
+                f"grows by a few hundred bytes per distinct page touched: README, "
+                f"Performance); run the trace on a machine with more memory",
+                record=record, pages=pages) from None
 
 

@@ -64,6 +64,15 @@ def _display(quiet: bool):
 
 
 def run(args) -> int:
+    from ._common import sigterm_aborts
+
+    # SIGTERM stops the capture like Ctrl-C: Valgrind's process group is killed, the
+    # temporary trace file and folder are removed, exit 130
+    with sigterm_aborts() as term:
+        return _run(args, term)
+
+
+def _run(args, term) -> int:
     from ..trace.capture import CaptureFailed, capture
 
     cmd = list(args.cmd)
@@ -76,7 +85,8 @@ def run(args) -> int:
         with prog if prog is not None else nullcontext():
             res = capture(cmd, args.output, slice_instructions=args.slice, progress=update,
                           allow_failure=args.allow_failure, output_log=args.output_log,
-                          backend=args.backend, collapse=args.collapse, sync=args.sync)
+                          backend=args.backend, collapse=args.collapse, sync=args.sync,
+                          interrupt=term.check)
     except CaptureFailed as e:
         if e.tail:
             print("--- last lines of the command's output ---", file=sys.stderr)

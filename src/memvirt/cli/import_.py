@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 from ..errors import MemvirtError
+from ._common import Termination, sigterm_aborts
 
 NAME = "import"
 HELP = "convert a trace (lackey, champsim, parquet) into a memvirt trace file (Parquet)"
@@ -72,54 +68,6 @@ def progress_bar(description: str, quiet: bool):
     return Progress(TextColumn(description), BarColumn(), DownloadColumn(),
                     TextColumn("{task.fields[records]}"), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=con, transient=True)
-
-
-class Termination:
-    """Whether SIGTERM arrived (see ``sigterm_aborts``)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def check(self) -> None:
-        """Stop here (KeyboardInterrupt) if SIGTERM arrived while compiled code ran."""
-        if self.requested:
-            raise KeyboardInterrupt
-
-
-def _in_compiled_call(frame) -> bool:
-    """True when the interrupted Python code runs inside a call into numba (its dispatcher
-    calls back into Python): an exception raised there surfaces as a SystemError."""
-    dirs = tuple(os.path.dirname(m.__file__) + os.sep
-                 for m in (sys.modules.get("numba"), sys.modules.get("llvmlite"))
-                 if m is not None and getattr(m, "__file__", None))
-    while frame is not None and dirs:
-        if frame.f_code.co_filename.startswith(dirs):
-            return True
-        frame = frame.f_back
-    return False
-
-
-@contextlib.contextmanager
-def sigterm_aborts() -> Iterator[Termination]:
-    """While the block runs, SIGTERM aborts the command like Ctrl-C: KeyboardInterrupt (the
-    trace writer drops its temporary file; the CLI exits 130), raised at once, or, if the
-    signal arrives inside a call into compiled code, at the next ``Termination.check()``
-    (the caller checks between chunks)."""
-    term = Termination()
-    if threading.current_thread() is not threading.main_thread():
-        yield term
-        return
-
-    def handler(signum, frame):
-        term.requested = True
-        if not _in_compiled_call(frame):
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield term
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def run(args) -> int:

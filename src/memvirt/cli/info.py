@@ -29,8 +29,17 @@ def summarize(source, chunk_records: int | None = None) -> dict:
         d["from_metadata"] = True
     else:
         stats = TraceStats()
-        for chunk in source.chunks(chunk_records or DEFAULT_CHUNK):
-            stats.add(chunk)
+        try:
+            for chunk in source.chunks(chunk_records or DEFAULT_CHUNK):
+                stats.add(chunk)
+        except MemoryError:
+            from ..errors import MemvirtError
+
+            where = getattr(source, "path", None) or meta.get("name") or "trace"
+            raise MemvirtError(
+                f"{where}: out of memory counting the distinct pages after {stats.records:,} "
+                f"records ({stats.pageset.pages:,} pages so far; counting takes up to 48 bytes "
+                f"per distinct page, twice that with several processes)") from None
         d = stats.as_meta()
         d["from_metadata"] = False
         for k in STAT_KEYS:

@@ -37,7 +37,7 @@ def run(args) -> int:
         from ..policy import check_policy_name
 
         check_policy_name(args.policy)
-    trace = resolve_trace(args.trace)
+    trace = resolve_trace(args.trace, cfg.run.memory_budget_fraction)
     if args.format and isinstance(trace, str):
         from ..trace.base import open_trace
 

@@ -22,6 +22,10 @@ def add_arguments(p) -> None:
                    help="generator parameter (repeatable); values are read as int, float "
                    "or string, e.g. --param records=1e6 --param fault_style=fork")
     p.add_argument("-o", "--output", metavar="OUT.parquet", help="trace file to write")
+    p.add_argument("--memory-budget", type=float, metavar="FRACTION", default=None,
+                   help="refuse a generator that builds its trace in memory when that would take "
+                   "more than this share of the memory available (default 0.8; 0 turns the "
+                   "check off)")
     p.add_argument("--list", action="store_true",
                    help="list the generators and their parameters, then exit")
 
@@ -68,7 +72,7 @@ def run(args) -> int:
     if args.list:
         list_generators()
         return 0
-    from .import_ import sigterm_aborts
+    from ._common import sigterm_aborts
 
     # SIGTERM stops the command like Ctrl-C: the writer drops its temporary file, exit 130
     with sigterm_aborts() as term:
@@ -85,7 +89,9 @@ def _run(args, term) -> int:
         raise MemvirtError("give the output file with -o OUT.parquet")
     params = parse_params(args.param)
     t0 = time.perf_counter()
-    trace = synthesize(args.generator, **params)
+    if args.memory_budget is not None and not 0 <= args.memory_budget < float("inf"):
+        raise MemvirtError(f"--memory-budget must be a number >= 0, got {args.memory_budget}")
+    trace = synthesize(args.generator, memory_budget_fraction=args.memory_budget, **params)
     dt = time.perf_counter() - t0
     from ..trace.parquet import ROW_GROUP_RECORDS, TraceWriter
 

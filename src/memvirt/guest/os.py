@@ -86,8 +86,8 @@ def kmap_page_tables(st, slot, n):
     Linux, CONFIG_HIGHPTE): each is mapped with kmap_atomic (a write to the fixmap PTE) and
     unmapped with kunmap_atomic (an INVLPG of the fixmap address, which also drops the
     paging-structure caches).  Under shadow paging the fixmap PTE is in a shadowed kernel
-    page table: the write traps (emulated; an out-of-sync page is resynced by the INVLPG)
-    and the INVLPG exits.  Nothing happens for a guest without highmem page tables."""
+    page table: the write traps (with out-of-sync shadows it unsyncs the page, which the
+    INVLPG resyncs; without, it is emulated) and the INVLPG exits.  Nothing happens for a guest without highmem page tables."""
     S, C = st.scalars, st.counters
     if S[X.S_HIGHPTE] == 0 or n <= 0:
         return
@@ -97,7 +97,9 @@ def kmap_page_tables(st, slot, n):
     for _ in range(n):
         invlpg_tlbs(st, X.VMM_SPACE - 1, FIXMAP_VPN)  # kernel mapping: not a process's
         if S[X.S_MODE] == X.MODE_SHADOW:
-            vm_exit(st, K.EXIT_PTE_WRITE)
+            # out-of-sync shadows: the write unsyncs the fixmap's page table (the INVLPG
+            # resyncs it again); without them it is emulated
+            vm_exit(st, K.EXIT_UNSYNC if S[X.S_OOS] != 0 else K.EXIT_PTE_WRITE)
             vm_exit(st, K.EXIT_INVLPG)
             if S[X.S_OOS] != 0:
                 C[K.OOS_RESYNCS] += 1

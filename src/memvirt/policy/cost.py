@@ -133,12 +133,12 @@ class CostPolicy(Policy):
         flushes = max(0, int(c[K.TLB_FLUSHES]) - teardown_flushes)
         pay = {
             "faults": faults * (self.exit_cycles("pf_true") + self.exit_cycles("pf_hidden")),
-            "pte_writes": pte_exits * (self.exit_cycles("pte_write")
+            "pte_writes": pte_exits * (self.exit_cycles("unsync" if oos else "pte_write")
                                        + (self.unit("hv_oos_resync") if oos else 0.0)),
             "cr3": (int(c[K.CR3_LOADS]) + flushes) * self.exit_cycles("cr3_load"),
             "invlpg": int(c[K.INVLPGS]) * self.exit_cycles("invlpg"),
             "process": int(c[K.PROCESS_OPS]) * self.unit("hv_process"),
-            "highpte": int(c[K.HIGHPTE_MAPS]) * (self.exit_cycles("pte_write")
+            "highpte": int(c[K.HIGHPTE_MAPS]) * (self.exit_cycles("unsync" if oos else "pte_write")
                                                   + self.exit_cycles("invlpg")
                                                   + (self.unit("hv_oos_resync") if oos else 0.0)),
         }
@@ -148,7 +148,7 @@ class CostPolicy(Policy):
     def nested_delta(self, c: np.ndarray, hidden_recurring: int) -> tuple[float, dict]:
         """Cycles nested would add (+) or save (-) for a period that ran under shadow."""
         bd = K.breakdown(c, self.cost)
-        save = (bd["vmm_pf_true"] + bd["vmm_pte_write"] + bd["vmm_cr3_load"]
+        save = (bd["vmm_pf_true"] + bd["vmm_pte_write"] + bd["vmm_unsync"] + bd["vmm_cr3_load"]
                 + bd["vmm_invlpg"] + bd["vmm_shadow_mgmt"]
                 + hidden_recurring * self.exit_cycles("pf_hidden"))
         walks = int(c[K.WALKS])

@@ -176,6 +176,7 @@ _REASON_REGIME = {
     "pf_true": "page-fault bound",
     "pf_hidden": "page-fault bound",
     "pte_write": "page-table-update bound",
+    "unsync": "page-table-update bound",
     "cr3_load": "context-switch bound",
     "invlpg": "TLB-shootdown bound",
     "ept_violation": "memory-population bound",
@@ -193,7 +194,7 @@ def _ratio_text(a: float, b: float) -> str:
 # Backing a guest frame is an EPT violation under nested paging and a populate exit under
 # shadow paging: the same event, compared as one.
 _EXIT_GAP_GROUPS = {
-    "pf_true": ("pf_true",), "pf_hidden": ("pf_hidden",), "pte_write": ("pte_write",),
+    "pf_true": ("pf_true",), "pf_hidden": ("pf_hidden",), "pte_write": ("pte_write", "unsync"),
     "cr3_load": ("cr3_load",), "invlpg": ("invlpg",),
     "ept_violation": ("ept_violation", "populate"),
 }

@@ -39,7 +39,7 @@ PLOT_GROUPS: list[tuple[str, tuple[str, ...], str]] = [
     ("guest page faults", ("guest_fault",), "#9467bd"),
     ("guest kernel (syscalls, PTE updates, switches)", ("guest_os",), "#c5b0d5"),
     ("VMM: page faults (true + hidden)", ("vmm_pf_true", "vmm_pf_hidden"), "#d62728"),
-    ("VMM: PTE-write emulation", ("vmm_pte_write",), "#ff9896"),
+    ("VMM: PTE writes (emulated, unsync)", ("vmm_pte_write", "vmm_unsync"), "#ff9896"),
     ("VMM: CR3 loads / INVLPG", ("vmm_cr3_load", "vmm_invlpg"), "#8c564b"),
     ("VMM: EPT violations / populate", ("vmm_ept_violation", "vmm_populate"), "#e377c2"),
     ("VMM: shadow management", ("vmm_shadow_mgmt",), "#bcbd22"),

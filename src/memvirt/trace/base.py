@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import TraceError
-from .records import Trace
+from .records import Trace, rechunk
 
 DEFAULT_CHUNK = 1 << 20
 
@@ -49,6 +49,30 @@ class TraceSource(Protocol):
     meta: dict
 
     def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]: ...
+
+
+class LocatingSource:
+    """Base of a text reader that can say where a record came from: ``_pieces()`` yields its
+    records in pieces and appends ``(first, end, ...)`` to ``self._maps`` for each (record
+    indexes over the whole trace); ``chunks`` regroups the pieces and keeps the maps of the
+    current and the previous chunk only, so ``locate`` works for the chunk being simulated
+    with bounded memory."""
+
+    meta: dict
+    _maps: list
+    _produced: int
+
+    def _pieces(self) -> Iterator[Trace]:  # pragma: no cover - the readers define it
+        raise NotImplementedError
+
+    def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
+        self._maps = []
+        self._produced = 0
+        start = prev = 0  # the first records of this chunk and of the previous one
+        for chunk in rechunk(self._pieces(), chunk_records, meta=self.meta):
+            self._maps = [m for m in self._maps if m[1] > prev]  # older ones: dropped
+            yield chunk
+            prev, start = start, start + len(chunk)
 
 
 def locate_record(source, record_index: int) -> str | None:

@@ -682,7 +682,8 @@ def _backend_command(backend: str, tmp: Path, cmd: list[str], collapse: str, syn
 def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
             progress: Callable[[dict], None] | None = None, allow_failure: bool = False,
             output_log=None, workdir=None, backend: str = "mvtrace", collapse: str = "page",
-            sync: int = DEFAULT_SYNC, extra_meta: dict | None = None) -> CaptureResult:
+            sync: int = DEFAULT_SYNC, extra_meta: dict | None = None,
+            interrupt: Callable[[], None] | None = None) -> CaptureResult:
     """Run ``cmd`` under Valgrind and write the merged trace to ``out`` (Parquet).
 
     ``backend``: ``mvtrace`` (memvirt's own tool: binary, collapsed unless ``collapse`` is
@@ -692,7 +693,11 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
     and then with a dict (records, instructions, processes, running, elapsed).  A non-zero
     exit status raises ``CaptureFailed`` (no trace written) unless ``allow_failure``.  The
     command's stdout and stderr go to ``output_log`` (default: a temporary file, whose last
-    lines are reported on failure)."""
+    lines are reported on failure).  ``interrupt()`` is called after every piece written and
+    while waiting for data: an exception it raises (``KeyboardInterrupt`` when the CLI got
+    SIGTERM) stops the capture like any other failure, which kills Valgrind's whole process
+    group, drops the temporary trace file (no file appears under ``out``) and removes the
+    temporary folder."""
     cmd = [str(c) for c in cmd]
     if not cmd:
         raise TraceError("capture needs a command to run (memvirt capture -o OUT -- CMD ...)")
@@ -742,6 +747,7 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
 
     out_path = Path(output_log) if output_log else tmp / "output.txt"
     proc = None
+    env = None
     watcher = None
     try:
         argv, env = _backend_command(backend, tmp, cmd, collapse, sync, version)
@@ -759,6 +765,8 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
         sched_ref: list[Scheduler] = []
 
         def report(force: bool = False) -> None:
+            if interrupt is not None:
+                interrupt()
             now = time.monotonic()
             if progress is None or (not force and now - last_report[0] < 0.1):
                 return
@@ -783,6 +791,8 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
                 writer.write(piece)
                 report()
             status = proc.wait()
+            if interrupt is not None:
+                interrupt()
             tail = _tail(out_path)
             if status != 0 and not allow_failure:
                 shown = f": {tail[-1]}" if tail else ""
@@ -800,15 +810,64 @@ def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,
         return CaptureResult(out, status, writer.stats.records, writer.stats.instructions,
                              len(writer.stats.pids), sched.switches, dict(writer.meta), tail)
     except BaseException:
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc is not None:
+            _stop_group(proc, env)
         raise
     finally:
         if watcher is not None:
             watcher.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+STOP_GRACE_SECONDS = 1.0
+
+
+def _group_pids(pgid: int) -> set[int]:
+    """The live processes of process group ``pgid``."""
+    pids = set()
+    try:
+        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return pids
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and fields[0] not in (b"Z", b"X") and fields[2] == str(pgid).encode():
+            pids.add(int(name))
+    return pids
+
+
+def _stop_group(proc: subprocess.Popen, env: dict | None) -> None:
+    """Stop Valgrind's whole process group (the command's children, each under its own
+    Valgrind with --trace-children, outlive a killed parent): SIGTERM, so that Valgrind ends
+    as when its program is terminated (removing its vgdb FIFOs from $TMPDIR), then, after a
+    grace period (Lackey can take seconds to act on it), SIGKILL for whatever is left, and
+    the FIFOs of the processes killed so are removed."""
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    left = _group_pids(proc.pid)
+    while left and time.monotonic() < deadline:
+        proc.poll()  # (reaps the leader)
+        time.sleep(0.02)
+        left = _group_pids(proc.pid)
+    if left:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait()
+    if left:
+        # valgrind's --vgdb-prefix default: $TMPDIR/vgdb-pipe, then -{what}-{pid}-by-...
+        tmp = Path((env if env is not None else os.environ).get("TMPDIR") or "/tmp")
+        for pid in left:
+            for what in ("from-vgdb-to", "to-vgdb-from", "shared-mem-vgdb"):
+                for f in tmp.glob(f"vgdb-pipe-{what}-{pid}-by-*"):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
 
 
 def _status_text(status: int) -> str:

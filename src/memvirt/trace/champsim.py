@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
-from .base import DEFAULT_CHUNK, register_reader
+from .base import LocatingSource, register_reader
 from .records import Kind, Trace
 
 RECORD_BYTES = 64
@@ -104,7 +104,7 @@ def _compression(path: Path) -> str:
     return "raw"
 
 
-class ChampSimSource:
+class ChampSimSource(LocatingSource):
     """A ChampSim trace file (raw, .xz or .gz), streamed in blocks of records."""
 
     def __init__(self, path, pid: int = PID, block_records: int = BLOCK_RECORDS):
@@ -174,17 +174,6 @@ class ChampSimSource:
                 f"{self.path}: truncated ChampSim record at {where} {offset} "
                 f"({len(carry)} of {RECORD_BYTES} bytes; records are {RECORD_BYTES} bytes)"
             )
-
-    def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
-        from .parquet import rechunk
-
-        self._maps = []
-        self._produced = 0
-        start = prev = 0  # the first records of this chunk and of the previous one
-        for chunk in rechunk(self._pieces(), chunk_records, meta=self.meta):
-            self._maps = [m for m in self._maps if m[1] > prev]  # older ones: dropped
-            yield chunk
-            prev, start = start, start + len(chunk)
 
     def locate(self, record_index: int) -> str | None:
         """Where record ``record_index`` (0-based, over all chunks) came from: the ChampSim

@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import TraceError
-from .base import DEFAULT_CHUNK, register_reader
+from .base import LocatingSource, register_reader
 from .records import Kind, Trace
 from .syscalls import EXECS, MARK_WAIT, SyscallModel
 
@@ -539,7 +539,7 @@ def iter_lackey_blocks(f, block_bytes: int = BLOCK_BYTES, max_line: int = 0,
         yield carry
 
 
-class LackeySource:
+class LackeySource(LocatingSource):
     """A Lackey log file, parsed in streaming fashion.
 
     ``locate(i)`` says which line record ``i`` (0-based, counting the records ``chunks``
@@ -591,17 +591,6 @@ class LackeySource:
                 raise TraceError(f"{self.path}:{parser.lines + 1}: cannot read: "
                                  f"{e.strerror or e}") from None
         yield self._piece(parser, parser.end_of_file())
-
-    def chunks(self, chunk_records: int = DEFAULT_CHUNK) -> Iterator[Trace]:
-        from .parquet import rechunk
-
-        self._maps = []
-        self._produced = 0
-        start = prev = 0  # the first records of this chunk and of the previous one
-        for chunk in rechunk(self._pieces(), chunk_records, meta=self.meta):
-            self._maps = [m for m in self._maps if m[1] > prev]  # older ones: dropped
-            yield chunk
-            prev, start = start, start + len(chunk)
 
     def locate(self, record_index: int) -> str | None:
         """``FILE:LINE`` of record ``record_index`` (0-based, over all chunks), or None when

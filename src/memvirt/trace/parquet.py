@@ -37,7 +37,7 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from numba import njit
 from ..errors import TraceError
 from .base import DEFAULT_CHUNK, register_reader
 from .pageset import PageSet
-from .records import VALID_KINDS, Kind, Trace
+from .records import VALID_KINDS, Kind, Trace, rechunk
 
 FORMAT_VERSION = 3
 META_VERSION_KEY = "memvirt.format_version"
@@ -166,38 +166,6 @@ class TraceStats:
             out["footprint_pages_per_process"] = {
                 str(k): v for k, v in self.pageset.per_process().items()}
         return out
-
-
-def rechunk(pieces: Iterable[Trace], chunk_records: int, meta: dict | None = None) -> Iterator[Trace]:
-    """Regroup a stream of ``Trace`` pieces into chunks of exactly ``chunk_records``
-    (the last one may be shorter).  Memory stays within about two chunks."""
-    if chunk_records <= 0:
-        raise ValueError("chunk_records must be positive")
-    held: list[Trace] = []
-    n_held = 0
-    for piece in pieces:
-        if not len(piece):
-            continue
-        held.append(piece)
-        n_held += len(piece)
-        if n_held < chunk_records:
-            continue
-        whole = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
-        start = 0
-        while n_held - start >= chunk_records:
-            out = whole.slice(start, start + chunk_records)
-            if meta is not None:
-                out.meta = meta
-            yield out
-            start += chunk_records
-        rest = whole.slice(start, n_held)
-        held = [rest] if len(rest) else []
-        n_held = len(rest)
-    if n_held:
-        out = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
-        if meta is not None:
-            out.meta = meta
-        yield out
 
 
 class _WriterState:

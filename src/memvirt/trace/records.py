@@ -46,7 +46,7 @@ Whenever the record's pid differs from the running one, the guest loads CR3
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -218,3 +218,36 @@ class Trace:
     def accesses(self) -> int:
         """Memory accesses the records stand for (repeat counts of access records)."""
         return int(self.repeat[self.kind <= Kind.MODIFY].sum(dtype=np.uint64))
+
+
+def rechunk(pieces: Iterable[Trace], chunk_records: int,
+            meta: dict | None = None) -> Iterator[Trace]:
+    """Regroup a stream of ``Trace`` pieces into chunks of exactly ``chunk_records``
+    (the last one may be shorter).  Memory stays within about two chunks."""
+    if chunk_records <= 0:
+        raise ValueError("chunk_records must be positive")
+    held: list[Trace] = []
+    n_held = 0
+    for piece in pieces:
+        if not len(piece):
+            continue
+        held.append(piece)
+        n_held += len(piece)
+        if n_held < chunk_records:
+            continue
+        whole = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
+        start = 0
+        while n_held - start >= chunk_records:
+            out = whole.slice(start, start + chunk_records)
+            if meta is not None:
+                out.meta = meta
+            yield out
+            start += chunk_records
+        rest = whole.slice(start, n_held)
+        held = [rest] if len(rest) else []
+        n_held = len(rest)
+    if n_held:
+        out = held[0] if len(held) == 1 else Trace.concat(held, meta=meta)
+        if meta is not None:
+            out.meta = meta
+        yield out

@@ -6,7 +6,8 @@
 - A page fault exits: if the guest entry allows the access it is a *hidden* fault
   (fill the shadow path from the guest table), else a *true* fault that is injected.
 - With out-of-sync leaf pages (Xen's Shadow 3), the first write to a leaf page-table
-  page exits and unsyncs it; later writes do not exit and only invalidate the shadow
+  page exits and unsyncs it (an ``unsync`` exit: the page becomes writable, the write is
+  not emulated); later writes do not exit and only invalidate the shadow
   entry; CR3 loads resync every unsynced page.  At most ``oos_pages`` at once.
 - Shadow tables are built per address space on its first CR3 load and torn down at
   exit or exec; the shadow of a dying process is dropped at its first trapping
@@ -92,7 +93,7 @@ def on_guest_pte_write(st, slot, lv, va):
             if oos[i] == pk:  # already out of sync: no exit, the shadow entry goes stale
                 remove(st.shadow_leaf, make_key(slot, 0, va >> 12))
                 return
-        vm_exit(st, K.EXIT_PTE_WRITE)
+        vm_exit(st, K.EXIT_UNSYNC)  # unsynced, not emulated (Xen 3.3 sh_unsync)
         _propagate_leaf(st, slot, va)
         if S[X.S_OOS_N] == S[X.S_OOS_MAX]:  # full: resync the oldest
             st.counters[K.OOS_RESYNCS] += 1

@@ -57,6 +57,9 @@ def register_generator(name: str, func: Callable[..., Trace], params_doc: dict[s
     (an int, float or str, which fixes its type) and be described in ``params_doc``."""
     defaults: dict[str, Any] = {}
     for p in inspect.signature(func).parameters.values():
+        if p.name == "memory_budget_fraction":
+            raise ValueError(f"generator '{name}': the parameter name '{p.name}' is taken by "
+                             "synthesize()")
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
             raise ValueError(f"generator '{name}': parameter '{p.name}' must be a keyword")
         if p.default is p.empty:
@@ -149,9 +152,19 @@ def resolve_params(name: str, **params) -> tuple[GeneratorSpec, dict[str, Any]]:
     return spec, full
 
 
-def synthesize(name: str, **params) -> Trace:
-    """Generate the trace of generator ``name`` with ``params`` (the rest default)."""
+def synthesize(name: str, *, memory_budget_fraction: float | None = None, **params) -> Trace:
+    """Generate the trace of generator ``name`` with ``params`` (the rest default).
+
+    A generator that builds its whole trace in memory (every one with a ``records``
+    parameter) is refused with ``MemoryBudgetError`` when it would take more than
+    ``memory_budget_fraction`` of the memory available (default
+    ``budget.DEFAULT_FRACTION``; 0 turns the check off): 10^9 records are tens of GB."""
+    from ...budget import DEFAULT_FRACTION, check_synth
+
     spec, full = resolve_params(name, **params)
+    if "records" in full:
+        check_synth(name, full["records"], DEFAULT_FRACTION if memory_budget_fraction is None
+                    else memory_budget_fraction)
     trace = spec.func(**full)
     trace.meta = {**trace.meta, "source": "synth", "generator": name, "params": full}
     return trace

@@ -1,0 +1,167 @@
+"""The realistic suite: real programs and SPEC-like stand-ins at real lengths, in every mode.
+
+Per workload: its length, footprint, processes, TLB misses and guest faults per 1,000
+instructions (native, steady state), shadow over nested cycles (SP/HAP) in the steady state
+and over the whole run, and selective paging (dsp, its default window) against the better
+static mode (the study's 2-level guest for the synthetic workloads; the captured programs, x86-64
+processes, on a 4-level guest).  The steady state starts after ``warmup`` instructions (memvirt's warm-up: those
+records run but are not counted, see docs/workloads.md); the whole run includes them.
+
+Workloads: the real-program suite (``memvirt workloads``; only those already captured unless
+``capture=True``), the SPEC-like stand-ins of ``trace.synth.suite.spec_suite`` and the fork /
+mmap churn microbenchmarks (named as such).  ``quick`` uses the short variants (tests).
+
+``memvirt experiment realistic [--quick] [--levels 2 4] [--markdown]``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+MODES = ("native", "shadow", "nested", "selective")
+PROFILE = "nehalem-2010"
+WARMUP = 100_000_000  # instructions: start-up (loading, first touches) stays out of steady
+QUICK_WARMUP = 10_000_000
+REAL_LEVELS = 4  # captured x86-64 programs: 48-bit addresses
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    category: str  # real | spec-like | microbenchmark
+    source: object  # a path or a synth spec (generator, params)
+    regime: str = ""
+    footprint_mib: float | None = None
+    processes: int | None = None
+
+
+def entries(quick: bool = False, capture: bool = False, real: bool = True,
+            synthetic: bool = True, only=None, log=None) -> list[Entry]:
+    out: list[Entry] = []
+    if real:
+        from .. import workloads as wl
+
+        for name in wl.suite():
+            if only and name not in only:
+                continue
+            st = wl.status(name, quick=quick)
+            if not (st.get("captured") or capture):
+                if log:
+                    log(f"{name}: skipped ({st.get('state', 'not captured')})")
+                continue
+            try:
+                path = wl.ensure(name, quick=quick)
+            except wl.WorkloadError as e:
+                if log:
+                    log(f"{name}: skipped ({e})")
+                continue
+            st = wl.status(name, quick=quick)
+            out.append(Entry(name, "real", str(path), "", st.get("footprint_mib"),
+                             st.get("processes")))
+    if synthetic:
+        from ..trace.synth.suite import microbenchmarks, spec_suite
+
+        for name, e in spec_suite(quick).items():
+            if not only or name in only:
+                out.append(Entry(name, "spec-like", (e["generator"], e["params"]), e["regime"],
+                                 e["params"].get("footprint_mib"), 1))
+        for name, e in microbenchmarks(0.1 if quick else 1.0).items():
+            if not only or name in only:
+                out.append(Entry(name, "microbenchmark", (e["generator"], e["params"])))
+    return out
+
+
+def _open(entry: Entry):
+    if isinstance(entry.source, tuple):
+        from ..trace.synth import synthesize
+
+        gen, params = entry.source
+        return synthesize(gen, **params)
+    return entry.source
+
+
+def _run_one(job) -> dict:
+    """All four modes of one workload at one guest width (one worker)."""
+    import warnings
+
+    from ..api import simulate
+    from ..config import Config
+    from ..counters import INSTR
+
+    entry, levels, warmup = job
+    cfg = Config.load(profile=PROFILE).with_overrides(
+        {"guest.levels": levels, "run.warmup_instructions": warmup})
+    res = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dsp's window warnings: reported per run below
+        for mode in MODES:
+            res[mode] = simulate(_open(entry), cfg, mode)
+    nat = res["native"].to_dict(samples=False)
+    steady = {m: r.cycles for m, r in res.items()}
+    whole = {m: r.to_dict(samples=False)["whole_run"]["cycles"] for m, r in res.items()}
+    better = min(steady["shadow"], steady["nested"])
+    sel = res["selective"].selective or {}
+    return {
+        "workload": entry.name, "category": entry.category, "regime": entry.regime,
+        "levels": levels,
+        "instructions": int(res["native"].whole[INSTR]),
+        "steady_instructions": int(res["native"].counters[INSTR]),
+        "footprint_mib": entry.footprint_mib,
+        "processes": entry.processes,
+        "tlb_misses_per_ki": nat["rates"]["tlb_misses_per_ki"],
+        "faults_per_ki": nat["rates"]["guest_faults_per_ki"],
+        "sp_hap_steady": steady["shadow"] / steady["nested"],
+        "sp_hap_whole": whole["shadow"] / whole["nested"],
+        "dsp_vs_best": steady["selective"] / better,
+        "dsp_switches": int(sel.get("switches", 0)),
+        "cycles_steady": steady, "cycles_whole": whole,
+    }
+
+
+def run(quick: bool = False, levels=(2,), workers: int | None = None, capture: bool = False,
+        real: bool = True, synthetic: bool = True, only=None, log=None) -> dict:
+    ents = entries(quick, capture, real, synthetic, only, log)
+    warmup = QUICK_WARMUP if quick else WARMUP
+    # The real programs are x86-64 processes: their addresses need a 4-level guest.
+    jobs = [(e, lv, warmup) for e in ents
+            for lv in (sorted({max(lv, REAL_LEVELS) for lv in levels}) if e.category == "real"
+                       else levels)]
+    workers = max(1, min(workers or (os.cpu_count() or 1), len(jobs) or 1))
+    rows = []
+    if workers == 1:
+        for j in jobs:
+            rows.append(_run_one(j))
+            if log:
+                log(f"{j[0].name} ({j[1]}-level): done")
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for j, row in zip(jobs, pool.map(_run_one, jobs)):
+                rows.append(row)
+                if log:
+                    log(f"{j[0].name} ({j[1]}-level): done")
+    return {"experiment": "realistic", "profile": PROFILE, "quick": quick,
+            "warmup_instructions": warmup, "levels": list(levels), "rows": rows}
+
+
+def markdown(results: dict) -> str:
+    """The table of the docs (docs/workloads-real.md), as printed."""
+    lines = [f"Profile `{results['profile']}`, warm-up {results['warmup_instructions']:,} "
+             f"instructions{' (quick variants)' if results['quick'] else ''}. Rates: native, "
+             "steady state. SP/HAP: shadow over nested cycles (below 1: shadow paging wins). "
+             "dsp: selective paging over the better static mode, steady state.", "",
+             "| workload | kind | guest | instructions | footprint MiB | processes "
+             "| TLB misses /KI | faults /KI | SP/HAP steady | SP/HAP whole run | dsp / best "
+             "| switches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['workload']} | {r['category']} | {r['levels']}-level "
+            f"| {r['instructions'] / 1e9:.2f} G "
+            f"| {'-' if r['footprint_mib'] is None else format(r['footprint_mib'], '.0f')} "
+            f"| {r['processes'] if r['processes'] is not None else '-'} "
+            f"| {r['tlb_misses_per_ki']:.3g} | {r['faults_per_ki']:.3g} "
+            f"| {r['sp_hap_steady']:.3f} | {r['sp_hap_whole']:.3f} | {r['dsp_vs_best']:.3f} "
+            f"| {r['dsp_switches']} |")
+    return "\n".join(lines) + "\n"
