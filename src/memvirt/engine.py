@@ -10,6 +10,8 @@ the next period's mode.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -34,11 +36,20 @@ KERNEL_FRAMES = 4096  # the guest kernel's own memory (16 MiB): never handed to 
 
 def free_frames(frames: int, order: str) -> np.ndarray:
     """The guest's free-frame stack at the start (the top, handed out first, is the end):
-    every frame above the kernel's, in order or in a fixed pseudo-random order."""
+    every frame above the kernel's, in order or in a fixed pseudo-random order.  A new
+    writable array each call (the machine pushes freed frames onto it)."""
+    return _initial_free_frames(frames, order).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _initial_free_frames(frames: int, order: str) -> np.ndarray:
+    # the shuffle of a few million frames costs more than a run of a short trace: once per
+    # (size, order) in a process (sweeps and benchmarks run many machines)
     reserved = min(KERNEL_FRAMES, frames // 4)
     free = np.arange(frames - 1, reserved - 1, -1, dtype=np.int64)  # lowest on top
     if order == "scattered":
         np.random.default_rng(0x6D656D76).shuffle(free)
+    free.setflags(write=False)
     return free
 
 # ----------------------------------------------------------------------------- kernel

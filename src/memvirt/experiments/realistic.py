@@ -57,7 +57,8 @@ def entries(quick: bool = False, capture: bool = False, real: bool = True,
                 if log:
                     log(f"{name}: skipped ({e})")
                 continue
-            st = wl.status(name, quick=quick)
+            if not st.get("captured"):  # captured just now: its statistics are new
+                st = wl.status(name, quick=quick)
             out.append(Entry(name, "real", str(path), "", st.get("footprint_mib"),
                              st.get("processes")))
     if synthetic:
