@@ -89,16 +89,7 @@ def test_captures_hold_the_same_accesses(captures, name):
             and ref["counts"]["EXEC"] == 1
 
 
-# Separate Valgrind runs of the fork/exec program differ in a few early stack reads of its
-# parent on some machines (the same accesses per process, other addresses), and how far the
-# simulations then drift depends on the folder the tests run in: an expected failure until
-# that run-to-run difference is explained (issue 10).  Exactness of the collapse itself on
-# multi-process traces with fork and exec is tested on one run by test_collapse.py.
-FORK_EXEC = pytest.param("fork-exec", marks=pytest.mark.xfail(strict=False, reason=(
-    "separate Valgrind runs of mv_multi differ in early stack reads of the parent")))
-
-
-@pytest.mark.parametrize("name", ["single", FORK_EXEC, "python"])
+@pytest.mark.parametrize("name", ["single", "fork-exec", "python"])
 @pytest.mark.parametrize("mode", ["native", "shadow", "nested", "selective"])
 def test_every_mode_simulates_identically(captures, name, mode):
     files = captures[name]

@@ -297,3 +297,80 @@ def test_line_bits_helper_matches_the_reference():
                                                            5000], 2000))]
     for a, s in cases:
         assert line_bits(a, s) == bitmap(lines_touched(a, s)), (a, s)
+
+
+# ------------------------------------------------------------------------------------------
+# the capture scheduler on collapsed streams
+
+class _PieceStream:
+    """One process's records, handed to the scheduler in pieces cut at random points (as a
+    live capture reads whatever the tool has written so far)."""
+
+    def __init__(self, tr: Trace, rng):
+        n = len(tr)
+        cuts = sorted(set(rng.integers(1, max(n, 2), size=max(1, n // 40)).tolist()))
+        bounds = [0, *[c for c in cuts if c < n], n]
+        self.parts = [tr.slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        self.name = "test stream"
+
+    def read(self):
+        from memvirt.trace.capture import STREAM_END
+
+        return self.parts.pop(0) if self.parts else STREAM_END
+
+
+class _PassParser:
+    name = "test stream"
+    lines = 0
+
+    def parse(self, piece):
+        return piece
+
+    def end_of_file(self):
+        return Trace.empty()
+
+
+def _process_stream(rng, pid: int, instructions: int, child: int | None) -> Trace:
+    """A full stream of one process: fetches on a few code pages in long runs (so that
+    collapsed fetch records run past a slice's end), loads, and a FORK first if ``child``."""
+    recs = [] if child is None else [(FORK, child, 0, pid, 0)]
+    page = CODE
+    for _ in range(instructions):
+        if rng.random() < 0.003:
+            page = CODE + int(rng.integers(0, 4)) * 4096
+        recs.append((IF, page + int(rng.integers(0, 4000)), 4, pid, 1))
+        if rng.random() < 0.3:
+            recs.append((L, HEAP + int(rng.integers(0, 3)) * 4096 + 64, 8, pid, 0))
+    return Trace.from_records(recs)
+
+
+def _merge(streams: dict[int, Trace], first: int, seed: int, slice_instr: int) -> Trace:
+    from memvirt.trace.capture import Scheduler
+
+    rng = np.random.default_rng(seed)
+
+    class Logs:
+        def stream(self, pid):
+            return _PieceStream(streams[pid], rng)
+
+        def pids(self):
+            return list(streams)
+
+    sched = Scheduler(Logs(), first, slice_instr, parser=lambda pid: _PassParser(), sync=G)
+    return Trace.concat(list(sched.run()))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scheduler_commutes_with_the_collapse(seed):
+    """Merging the processes' collapsed streams gives the collapse of merging their full
+    streams: time slices end at the same instruction of each process whether a sync point's
+    fetch record holds one instruction or a run of them that goes past the slice's end (a
+    slice that is not a multiple of G ends inside such runs), however the streams arrive."""
+    rng = np.random.default_rng(seed)
+    streams = {10: _process_stream(rng, 10, 9000, child=11),
+               11: _process_stream(rng, 11, 7000, child=None)}
+    for slice_instr in (1000, 1500 + seed):
+        full = _merge(streams, 10, seed, slice_instr)
+        col = _merge({p: collapse(t) for p, t in streams.items()}, 10, seed + 7, slice_instr)
+        assert int((full.kind == SWITCH).sum()) >= 8  # it does switch
+        assert collapse(full).equals(col)

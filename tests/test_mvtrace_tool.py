@@ -432,6 +432,34 @@ def test_tool_dir_from_environment(monkeypatch, tmp_path):
 valgrind = pytest.mark.valgrind
 
 
+@valgrind
+@pytest.mark.parametrize("user_preload", [None, "libuser.so"])
+def test_preload_list_is_never_the_last_environment_string(monkeypatch, user_preload):
+    """Valgrind appends a missing LD_PRELOAD as the client's last environment string, where
+    ld.so's parsing of it reads the random AT_RANDOM bytes after it (so two captures differed
+    in a load).  Under the capture environment the list is modified in place: the program's
+    environment, printed by /usr/bin/env, has the list elsewhere than last (Debian's valgrind
+    wrapper, a dash script, re-orders the environment by its hash buckets, and always exports
+    GLIBCXX_FORCE_NEW, which falls in the last one), the user's list kept."""
+    if user_preload is None:
+        monkeypatch.delenv("LD_PRELOAD", raising=False)
+    else:
+        monkeypatch.setenv("LD_PRELOAD", user_preload)
+    monkeypatch.setenv("MEMVIRT_TEST_LAST", "1")
+    env = mvtool.client_env()
+    assert next(iter(env)) == "LD_PRELOAD" and "VALGRIND_LIB" not in env
+    # a user's list naming a missing object would only add ld.so warnings: run with none
+    if user_preload is not None:
+        assert env["LD_PRELOAD"] == user_preload
+        return
+    out = subprocess.run([shutil.which("valgrind"), "-q", "--tool=none", "/usr/bin/env"],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.splitlines()
+    names = [line.split("=", 1)[0] for line in lines]
+    assert names[-1] != "LD_PRELOAD" and names.count("LD_PRELOAD") == 1
+    assert "vgpreload_core" in lines[names.index("LD_PRELOAD")]
+
+
 def lackey_counts(path: Path) -> tuple[int, int, int, int]:
     """I / L / S / M lines of a Lackey log."""
     counts = [0, 0, 0, 0]

@@ -343,6 +343,7 @@ class _Proc:
     cum: np.ndarray | None = None  # cumulative icount of buf
     actions: np.ndarray | None = None  # indices of FORK/EXIT/WAIT records in buf
     syncs: np.ndarray | None = None  # indices of sync-point records in buf (sync > 1)
+    sync_starts: np.ndarray | None = None  # instructions of buf before each of them
     instr: int = 0  # instructions of the process before buf
     image_start: int = 0  # ... at the start of its current image (its last EXEC)
     state: str = "ready"  # ready | blocked | done
@@ -453,6 +454,7 @@ class Scheduler:
         p.off = 0
         p.cum, p.actions, p.syncs, p.image_start = _index(piece.kind, piece.icount, p.instr,
                                                           p.image_start, self.sync, _ACTION_LUT)
+        p.sync_starts = p.cum[p.syncs] - piece.icount[p.syncs].astype(np.int64)
 
     def _take(self, p: _Proc, budget: int):
         """Records of ``p`` up to the end of its slice or its next FORK/EXIT/WAIT.
@@ -465,8 +467,13 @@ class Scheduler:
         # of the slice's last instruction stay in the slice
         stop = int(np.searchsorted(p.cum, before + budget, side="right"))
         if self.sync > 1 and stop < n:
-            # ... and only at a sync point, where every collapsed run was closed
-            i = int(np.searchsorted(p.syncs, max(stop, off)))
+            # ... and only at a sync point, where every collapsed run was closed: the first
+            # one whose instruction is not before the budget's end.  (Not the first sync
+            # record from that record on: a collapsed fetch record can start at a sync point
+            # before the budget's end and run past it, and ending the slice before it would
+            # end it earlier than the same run's uncollapsed trace does.)
+            i = max(int(np.searchsorted(p.syncs, off)),
+                    int(np.searchsorted(p.sync_starts, before + budget)))
             stop = int(p.syncs[i]) if i < len(p.syncs) else n
         slice_over = stop < n
         a = int(np.searchsorted(p.actions, off))
@@ -659,7 +666,7 @@ DEFAULT_SYNC = 8192
 
 
 def _backend_command(backend: str, tmp: Path, cmd: list[str], collapse: str, sync: int,
-                     version: str) -> tuple[list[str], dict | None]:
+                     version: str) -> tuple[list[str], dict]:
     """argv and environment of the valgrind run of ``backend``."""
     if backend == "mvtrace":
         from .mvtool import valgrind_command
@@ -670,13 +677,13 @@ def _backend_command(backend: str, tmp: Path, cmd: list[str], collapse: str, syn
             "--trace-children=yes", f"--log-file={tmp / template}", *cmd]
     # Run Lackey from mvtrace's private VALGRIND_LIB when the tool can be had: the folder
     # changes Valgrind's start-up slightly, so both backends then see the same program run.
-    from .mvtool import tool_dir
+    from .mvtool import client_env, tool_dir
 
     try:
-        env = dict(os.environ, VALGRIND_LIB=str(tool_dir() / "lib"))
+        lib = str(tool_dir() / "lib")
     except TraceError:
-        env = None
-    return argv, env
+        lib = None
+    return argv, client_env(lib)
 
 
 def capture(cmd: Sequence[str], out, *, slice_instructions: int = DEFAULT_SLICE,

@@ -120,10 +120,28 @@ def _valgrind() -> str:
     return exe
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["VALGRIND_LIB"] = str(tool_dir() / "lib")
+def client_env(valgrind_lib: str | None = None) -> dict[str, str]:
+    """The environment every capture runs Valgrind with (``VALGRIND_LIB`` set when given).
+
+    ``LD_PRELOAD`` comes first, set (empty when the user has none): Valgrind prepends its
+    preload objects to an existing binding in place, but appends a missing one as the last
+    string of the client's environment, where the 16 random bytes of ``AT_RANDOM`` follow it.
+    ld.so's generic ``strcspn`` over the preload list reads whole 4-byte groups, past the
+    string's end, and looks each byte up in a 256-byte table on its stack: with the list last,
+    random bytes chose the table entry and, when the table straddles a page, the page.  Two
+    captures of one program then differed in a load or two (in which folder depended on where
+    the stack strings ended).  Not last, the bytes after it are the next string's.  (Debian's
+    ``valgrind`` wrapper script re-orders the environment by dash's hash buckets, and exports
+    GLIBCXX_FORCE_NEW, which falls in the last bucket, so the list is not last there either.)"""
+    env = {"LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
+    env.update((k, v) for k, v in os.environ.items() if k != "LD_PRELOAD")
+    if valgrind_lib is not None:
+        env["VALGRIND_LIB"] = valgrind_lib
     return env
+
+
+def _env() -> dict[str, str]:
+    return client_env(str(tool_dir() / "lib"))
 
 
 def valgrind_command(out_dir, cmd: Sequence[str], *, collapse: str = "page", sync: int = 8192,
@@ -158,5 +176,5 @@ def lackey_command(log_template, cmd: Sequence[str]) -> tuple[list[str], dict[st
     return argv, _env()
 
 
-__all__ = ["TOOL_VERSION", "check_toolchain", "lackey_command", "lackey_env", "source_hash",
+__all__ = ["TOOL_VERSION", "check_toolchain", "client_env", "lackey_command", "lackey_env", "source_hash",
            "tool_dir", "valgrind_command"]

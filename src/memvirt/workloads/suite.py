@@ -21,7 +21,11 @@ from types import MappingProxyType
 from typing import Any
 
 # What every program runs with (nothing else is inherited from the caller).
+# LD_PRELOAD is set (empty) and first so that Valgrind's preload list is not the last string
+# of the environment, where ld.so's parsing of it reads the random AT_RANDOM bytes
+# (memvirt.trace.mvtool.client_env says how): captures are then the same run after run.
 BASE_ENV: Mapping[str, str] = MappingProxyType({
+    "LD_PRELOAD": "",
     "PATH": "/usr/bin:/bin",
     "HOME": "{work}",
     "LC_ALL": "C",
