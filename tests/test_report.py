@@ -254,7 +254,8 @@ class _Collect(HTMLParser):
         for k, v in attrs:
             if k in ("src", "href", "srcset", "data", "action") and v is not None:
                 self.urls.append(v)
-        self._cell = tag in ("td", "th")
+        if tag in ("td", "th"):  # (text inside a cell's link or span stays the cell's)
+            self._cell = True
 
     def handle_endtag(self, tag):
         if tag in ("td", "th"):

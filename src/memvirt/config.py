@@ -68,11 +68,14 @@ class GuestConfig(_Section):
         3072, ge=16, le=1 << 22,
         description="guest physical memory in MiB: the frames the guest allocates data and "
         "page-table pages from (the study's guests had 3 GB)")
-    frame_order: Literal["scattered", "sequential"] = Field(
-        "scattered", description="order of the guest's free frames at the start: scattered (a "
-        "guest that has been running: the allocator hands out frames from all over its memory, "
-        "a fixed pseudo-random permutation) or sequential (frame 0, 1, 2...); freed frames are "
-        "reused first (LIFO), as Linux's per-CPU page lists")
+    frame_order: Literal["buddy", "scattered", "sequential"] = Field(
+        "buddy", description="order of the guest's free frames at the start: buddy (a Linux "
+        "guest that has been running: aligned runs of 32 consecutive frames, the runs from all "
+        "over memory in a fixed pseudo-random order, as Linux's per-CPU page lists refilled 31 "
+        "pages at a time from buddy blocks hand them out: mm/page_alloc.c zone_batchsize in "
+        "2.6.18), scattered (no contiguity at all: a fixed pseudo-random permutation of the "
+        "frames, a fragmented worst case) or sequential (frame 0, 1, 2...: a fresh guest); "
+        "freed frames are reused first (LIFO), as Linux's per-CPU page lists")
     highpte: bool | None = Field(
         None, description="page-table pages in high memory (32-bit Linux CONFIG_HIGHPTE): the "
         "kernel maps each page-table page it works on through a temporary kmap_atomic mapping "

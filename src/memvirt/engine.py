@@ -32,12 +32,23 @@ from .vmm.modes import access
 from .vmm.p2m import populate_all
 
 KERNEL_FRAMES = 4096  # the guest kernel's own memory (16 MiB): never handed to processes
+# guest.frame_order = "buddy": the frames come in aligned runs of this many.  Linux hands
+# out order-0 pages through per-CPU lists that rmqueue_bulk() refills `batch` pages at a time
+# from the buddy allocator, each refill splitting a higher-order block into consecutive
+# frames (mm/page_alloc.c, Linux 2.6.18, the study's guest kernel: zone_batchsize() takes
+# present_pages / 1024, caps it at 512 KiB of pages, divides by 4 and clamps it to
+# 2^n - 1: batch = 31 for every zone of 512 MiB or more).  32 is the aligned power of two
+# nearest to that batch.
+BUDDY_RUN = 32
+_FRAME_SEED = 0x6D656D76  # the fixed pseudo-random order of "scattered" (and of buddy's runs)
 
 
 def free_frames(frames: int, order: str) -> np.ndarray:
     """The guest's free-frame stack at the start (the top, handed out first, is the end):
-    every frame above the kernel's, in order or in a fixed pseudo-random order.  A new
-    writable array each call (the machine pushes freed frames onto it)."""
+    every frame above the kernel's, in order (``sequential``), in a fixed pseudo-random
+    order (``scattered``), or in aligned runs of ``BUDDY_RUN`` consecutive frames, each run
+    handed out lowest frame first and the runs in a fixed pseudo-random order (``buddy``).
+    A new writable array each call (the machine pushes freed frames onto it)."""
     return _initial_free_frames(frames, order).copy()
 
 
@@ -46,9 +57,21 @@ def _initial_free_frames(frames: int, order: str) -> np.ndarray:
     # the shuffle of a few million frames costs more than a run of a short trace: once per
     # (size, order) in a process (sweeps and benchmarks run many machines)
     reserved = min(KERNEL_FRAMES, frames // 4)
-    free = np.arange(frames - 1, reserved - 1, -1, dtype=np.int64)  # lowest on top
-    if order == "scattered":
-        np.random.default_rng(0x6D656D76).shuffle(free)
+    if order == "buddy":
+        lo = min(frames, -(-reserved // BUDDY_RUN) * BUDDY_RUN)  # first aligned frame above it
+        nrun = max(0, (frames - lo) // BUDDY_RUN)
+        hi = lo + nrun * BUDDY_RUN
+        idx = np.arange(nrun, dtype=np.int64)
+        np.random.default_rng(_FRAME_SEED).shuffle(idx)
+        runs = (lo + idx[:, None] * BUDDY_RUN + np.arange(BUDDY_RUN, dtype=np.int64)).ravel()
+        # handed out in this order: the runs, then the unaligned frames at either end
+        out = np.concatenate([runs, np.arange(reserved, lo, dtype=np.int64),
+                              np.arange(hi, frames, dtype=np.int64)])
+        free = out[::-1].copy()  # the first run's lowest frame on top
+    else:
+        free = np.arange(frames - 1, reserved - 1, -1, dtype=np.int64)  # lowest on top
+        if order == "scattered":
+            np.random.default_rng(_FRAME_SEED).shuffle(free)
     free.setflags(write=False)
     return free
 

@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[2], metavar="N",
                    help="guest page-table levels to measure with (default 2: the study's "
                    "32-bit guests; e.g. --levels 2 4)")
-    p.add_argument("--events", default="tlb_miss,tlb_miss_large,guest_fault,context_switch,fork",
+    p.add_argument("--events", default="tlb_miss,tlb_miss_large,tlb_miss_mcf,guest_fault,context_switch,fork",
                    help="comma-separated events (default: all five)")
     p.add_argument("--sweep", action="store_true",
                    help="also show the TLB-miss premium against the footprint (4-256 MiB)")

@@ -14,18 +14,20 @@ EXPERIMENTS = ("vee11", "realistic")
 def add_arguments(p) -> None:
     p.add_argument("name", choices=EXPERIMENTS, help="the experiment")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="output folder (default: ./NAME-results): JSON, PNG figures, text "
-                   "tables, compiled programs and their captured traces")
+                   help="output folder (default: ./NAME-results): JSON, PNG figures and "
+                   "text tables")
     p.add_argument("--scale", type=float, default=1.0, metavar="S",
-                   help="workload size multiplier (default 1.0; below ~0.7 the synthetic "
-                   "chase is too short to leave its warm-up behind)")
+                   help="vee11: length factor of the SPEC-like workloads (default 1.0; "
+                   "footprints and rates do not change)")
     p.add_argument("--quick", action="store_true",
-                   help="synthetic workloads only (about half a minute on 2 cores)")
+                   help="the short variants: vee11 runs the demo's subset (SPEC-like "
+                   "stand-ins at 6 x 10^7 instructions, no real programs: about a minute on "
+                   "2 cores), realistic the real programs' quick captures")
     real = p.add_mutually_exclusive_group()
     real.add_argument("--real", dest="real", action="store_true", default=None,
-                      help="include the real programs even with --quick")
+                      help="include the real programs (memvirt workloads) even with --quick")
     real.add_argument("--no-real", dest="real", action="store_false",
-                      help="leave the real programs (gcc + valgrind captures) out")
+                      help="leave the real programs (memvirt workloads) out")
     p.add_argument("--profile", metavar="NAME", default="nehalem-2010",
                    help="machine profile (default nehalem-2010)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
@@ -38,7 +40,7 @@ def add_arguments(p) -> None:
     p.add_argument("--levels", type=int, nargs="+", default=[2], metavar="N",
                    help="realistic: guest page-table levels (default 2, the study's guests)")
     p.add_argument("--capture", action="store_true",
-                   help="realistic: capture the real programs that are not captured yet")
+                   help="capture the real programs that are not captured yet")
     p.add_argument("--markdown", action="store_true",
                    help="realistic: print the table as Markdown (what the docs quote)")
 
@@ -72,7 +74,7 @@ def run(args) -> int:
     with sigterm_as_interrupt():
         res = vee11.run(out, scale=args.scale, quick=args.quick, real=args.real,
                         profile=args.profile, overrides=args.overrides, workers=workers,
-                        workloads=only, log=log)
+                        workloads=only, capture=args.capture, log=log)
     if not args.quiet:
         con.print(vee11.table(res, wide=con.width >= 140))
         con.print(vee11.checks_table(res))

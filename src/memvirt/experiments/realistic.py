@@ -2,7 +2,8 @@
 
 Per workload: its length, footprint, processes, TLB misses and guest faults per 1,000
 instructions (native, steady state), shadow over nested cycles (SP/HAP) in the steady state
-and over the whole run, and selective paging (dsp, its default window) against the better
+and over the whole run, and selective paging (dsp sampled every ``POLICY_PERIOD``
+instructions over windows of ``POLICY_WINDOW``: ``trace.synth.suite``) against the better
 static mode (the study's 2-level guest for the synthetic workloads; the captured programs, x86-64
 processes, on a 4-level guest).  The steady state starts after ``warmup`` instructions (memvirt's warm-up: those
 records run but are not counted, see docs/workloads.md); the whole run includes them.
@@ -68,7 +69,7 @@ def entries(quick: bool = False, capture: bool = False, real: bool = True,
             if not only or name in only:
                 out.append(Entry(name, "spec-like", (e["generator"], e["params"]), e["regime"],
                                  e["params"].get("footprint_mib"), 1))
-        for name, e in microbenchmarks(0.1 if quick else 1.0).items():
+        for name, e in microbenchmarks(1.0).items():  # short already (MICRO_WARMUP)
             if not only or name in only:
                 out.append(Entry(name, "microbenchmark", (e["generator"], e["params"])))
     return out
@@ -90,10 +91,17 @@ def _run_one(job) -> dict:
     from ..api import simulate
     from ..config import Config
     from ..counters import INSTR
+    from ..trace.synth.suite import POLICY_PERIOD, POLICY_WINDOW
 
     entry, levels, warmup = job
+    if entry.category == "microbenchmark":
+        from ..trace.synth.suite import MICRO_WARMUP
+
+        warmup = min(warmup, MICRO_WARMUP)
     cfg = Config.load(profile=PROFILE).with_overrides(
-        {"guest.levels": levels, "run.warmup_instructions": warmup})
+        {"guest.levels": levels, "run.warmup_instructions": warmup,
+         "selective.period_instructions": POLICY_PERIOD,
+         "selective.policy_params": {"window": POLICY_WINDOW}})
     res = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dsp's window warnings: reported per run below
@@ -148,10 +156,13 @@ def run(quick: bool = False, levels=(2,), workers: int | None = None, capture: b
 
 def markdown(results: dict) -> str:
     """The table of the docs (docs/workloads-real.md), as printed."""
+    from ..trace.synth.suite import POLICY_PERIOD, POLICY_WINDOW
+
     lines = [f"Profile `{results['profile']}`, warm-up {results['warmup_instructions']:,} "
              f"instructions{' (quick variants)' if results['quick'] else ''}. Rates: native, "
              "steady state. SP/HAP: shadow over nested cycles (below 1: shadow paging wins). "
-             "dsp: selective paging over the better static mode, steady state.", "",
+             "dsp: selective paging over the better static mode, steady state (sampled "
+             f"every {POLICY_PERIOD:,} instructions, windows of {POLICY_WINDOW:,}).", "",
              "| workload | kind | guest | instructions | footprint MiB | processes "
              "| TLB misses /KI | faults /KI | SP/HAP steady | SP/HAP whole run | dsp / best "
              "| switches |",

@@ -375,7 +375,8 @@ def warm_up(cfg_dict: dict) -> None:
     from ..engine import Machine
     from ..trace.records import Kind, Trace
 
-    cfg = Config.from_dict(cfg_dict)
+    # (no warm-up: the user's would outlast this tiny trace and refuse it)
+    cfg = Config.from_dict(cfg_dict).with_overrides({"run.warmup_instructions": 0})
     base = 0x1000_0000
     tr = Trace.from_records([(int(Kind.MMAP), base, 1 << 16, 1, 0)]
                             + [(int(Kind.STORE), base + (i << 12), 8, 1, 1) for i in range(16)])
