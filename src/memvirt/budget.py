@@ -185,7 +185,7 @@ def cache_bytes(cfg) -> int:
 
 def frame_bytes(cfg) -> int:
     """Per guest frame: a reference count, a free-stack slot, a p2m entry (one per 2 MiB
-    with 2 MiB host pages); with boot population, the EPT's upper levels."""
+    with 2 MiB or 1 GiB host pages); with boot population, the EPT's upper levels."""
     frames = cfg.guest.frames
     p2m = frames if cfg.host.page_size == 4096 else (frames >> 9) + 1
     total = 4 * frames + 8 * p2m + 8 * (frames - min(4096, frames // 4))

@@ -102,10 +102,17 @@ class GuestConfig(_Section):
         return self.levels == 2 if self.highpte is None else self.highpte
 
 
+# host.page_size: the sizes an EPT (or AMD NPT) leaf maps (Intel SDM vol. 3, 28.2.2)
+HOST_PAGE_SIZES = {4096: "4 KiB", 2097152: "2 MiB", 1073741824: "1 GiB"}
+
+
 class HostConfig(_Section):
     ept_levels: int = Field(4, description="nested (EPT/NPT) table levels: 4 or 5")
-    page_size: Literal[4096, 2097152] = Field(
-        4096, description="host page size backing guest memory in bytes (4 KiB or 2 MiB)"
+    page_size: Literal[4096, 2097152, 1073741824] = Field(
+        4096, description="host page size backing guest memory in bytes: 4096 (4 KiB), "
+        "2097152 (2 MiB: the EPT walk ends at the PDE, bit 7 set) or 1073741824 (1 GiB: it "
+        "ends at the PDPTE, bit 7 set; Intel SDM vol. 3, 28.2.2; AMD nested paging likewise; "
+        "KVM on 1 GiB hugetlbfs pages); demand population backs a whole host page per exit"
     )
     populate: Literal["boot", "demand"] = Field(
         "boot", description="when guest memory gets host frames: boot (every frame backed when "
@@ -118,6 +125,16 @@ class HostConfig(_Section):
     def _levels(cls, v):
         if v not in (4, 5):
             raise ValueError("must be 4 or 5")
+        return v
+
+    @field_validator("page_size", mode="before")
+    @classmethod
+    def _page_size(cls, v):
+        # 1 GiB pages need an EPT PDPT level: 4- and 5-level EPTs (the only ones allowed) have
+        # one, so every allowed size works with every allowed ept_levels
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v not in HOST_PAGE_SIZES:
+            raise ValueError("must be one of " + ", ".join(
+                f"{size} ({name})" for size, name in HOST_PAGE_SIZES.items()))
         return v
 
 

@@ -32,6 +32,9 @@ from .vmm.modes import access
 from .vmm.p2m import populate_all
 
 KERNEL_FRAMES = 4096  # the guest kernel's own memory (16 MiB): never handed to processes
+# host.page_size -> the EPT level that maps it (S_HOST_LEAF): a PTE (4 KiB), a PDE with bit 7
+# set (2 MiB) or a PDPTE with bit 7 set (1 GiB; Intel SDM vol. 3, 28.2.2)
+HOST_LEAF = {4096: 0, 2097152: 1, 1073741824: 2}
 # guest.frame_order = "buddy": the frames come in aligned runs of this many.  Linux hands
 # out order-0 pages through per-CPU lists that rmqueue_bulk() refills `batch` pages at a time
 # from the buddy allocator, each refill splitting a higher-order block into consecutive
@@ -463,7 +466,7 @@ class Machine:
         S[X.S_LEVELS] = g.levels
         S[X.S_BITS] = 10 if g.levels == 2 else 9
         S[X.S_EPT_LEVELS] = h.ept_levels
-        S[X.S_HOST_LEAF] = 0 if h.page_size == 4096 else 1
+        S[X.S_HOST_LEAF] = HOST_LEAF[h.page_size]
         S[X.S_CUR] = -1
         S[X.S_PCID] = int(hw.pcid)
         S[X.S_VPID] = int(hw.vpid)
@@ -485,9 +488,11 @@ class Machine:
         frames = g.frames
         S[X.S_GUEST_FRAMES] = frames
         # Host frames: 0 is the EPT root; the guest's backing starts at 1 (boot population:
-        # hfn = 1 + gfn); table pages and demand-backed frames come after it.
+        # hfn = 1 + gfn, in whole host pages); table pages and demand-backed frames come
+        # after it.
         S[X.S_HOST_BASE] = 1
-        S[X.S_NEXT_HFN] = 1 + (frames if h.populate == "boot" else 0)
+        span = h.page_size // 4096
+        S[X.S_NEXT_HFN] = 1 + (-(-frames // span) * span if h.populate == "boot" else 0)
         self.S = S
         self.C = np.zeros(K.NCOUNTERS, np.int64)
         geoms = [(0, 0)] * hwc.NSTRUCT

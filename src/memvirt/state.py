@@ -9,8 +9,9 @@ what it is).  Its fields:
 - ``cache_*``: every set-associative structure (TLBs, paging-structure caches, nested TLB,
   PTE cache) in flat arrays, layout in ``hw/cache.py``
 - ``guest_upper``/``guest_leaf``: guest page tables; ``shadow_upper``/``shadow_leaf``:
-  shadow tables; ``ept_upper``: the EPT's upper levels (its leaves are ``p2m``) -- all
-  hash-stored radix tables, layout in ``guest/pagetable.py``
+  shadow tables; ``ept_upper``: the EPT's levels above the host page's (its leaves are
+  ``p2m``: per 4 KiB frame, or per 2 MiB with 2 MiB and 1 GiB host pages, ``vmm/p2m.py``)
+  -- all hash-stored radix tables, layout in ``guest/pagetable.py``
 - ``frame_refcount``/``guest_free``: guest frame reference counts and free stack;
   ``host_free``: free stack of host frames used for shadow and EPT pages
 - ``spaces[slot, SL_*]``: per-process (address space) state
@@ -44,7 +45,7 @@ S_MODE = 0
 S_LEVELS = 1
 S_BITS = 2  # index bits per guest level (10 for the 2-level 32-bit guest, else 9)
 S_EPT_LEVELS = 3
-S_HOST_LEAF = 4  # EPT leaf level: 0 for 4 KiB host pages, 1 for 2 MiB
+S_HOST_LEAF = 4  # EPT leaf level: 0 for 4 KiB host pages, 1 for 2 MiB, 2 for 1 GiB
 S_CUR = 5  # running address space (slot), -1 none
 # 6: unused
 S_GFREE_TOP = 7

@@ -466,17 +466,25 @@ def table(results: dict, wide: bool = True):
     from rich.table import Table
 
     pols = [f"selective-{p}" for p in results["policies"]]
-    t = Table(title=f"vee11 on {results['profile']}: run time / better static mode "
+    t = Table(title=f"vee11 on {results['profile']}: run time / better static mode, steady "
+                    f"state after {results.get('warmup_instructions', 0):,} instructions "
                     f"(scale {results['effective_scale']:g}, period "
                     f"{results['period_instructions']:,} instr.)", box=box.SIMPLE_HEAD,
-              caption="sw, %SP: mode switches and share of run time in shadow paging")
+              caption="sw, %SP: mode switches and share of run time in shadow paging; "
+                      "SP/HAP: shadow over nested cycles, steady and whole run; instr.: "
+                      "whole run")
     t.add_column("workload")
     if wide:
         t.add_column("regime")
     t.add_column("guest", justify="right")
     if wide:
+        t.add_column("instr.", justify="right")
+        t.add_column("footprint", justify="right")
+        t.add_column("procs", justify="right")
         t.add_column("TLB miss/KI", justify="right")
         t.add_column("faults/KI", justify="right")
+        t.add_column("SP/HAP", justify="right")
+        t.add_column("SP/HAP whole", justify="right")
     for name in ("shadow", "nested", *pols):
         t.add_column(name.replace("selective-", ""), justify="right")
     for p in pols:
@@ -490,7 +498,15 @@ def table(results: dict, wide: bool = True):
             s, n = runs["shadow"], runs["nested"]
             cells = [wl] + ([regime] if wide else []) + [f"{lv}L"]
             if wide:
-                cells += [f"{s['tlb_misses_per_ki']:.2f}", f"{s['guest_faults_per_ki']:.3f}"]
+                w = results["workloads"][wl]
+                fp = w.get("footprint_mib", (w.get("params") or {}).get("footprint_mib"))
+                procs = w.get("processes", 1 if w["kind"] == "spec-like" else None)
+                cells += [f"{s['whole_instructions'] / 1e9:.2f} G",
+                          "-" if fp is None else f"{fp:.0f} MiB",
+                          "-" if procs is None else str(procs),
+                          f"{s['tlb_misses_per_ki']:.2f}", f"{s['guest_faults_per_ki']:.3f}",
+                          f"{s['cycles'] / n['cycles']:.3f}",
+                          f"{s['whole_cycles'] / n['whole_cycles']:.3f}"]
             for name in ("shadow", "nested", *pols):
                 x = runs[name]["normalized"]
                 cells.append(f"[bold]{x:.3f}[/bold]" if x <= 1.0 + 1e-12 else f"{x:.3f}")

@@ -5,7 +5,10 @@ remaining level; every read is a *walk reference*, looked up in the cache hierar
 (``hw/memory.py``: 64-byte lines of host-physical addresses) to decide its latency.  Under nested
 paging every guest table pointer is a guest-physical address that must itself be
 translated through the EPT (nested TLB, nested PSC, then EPT references), and so
-is the final data frame: (n+1)(m+1)-1 references with every cache off.
+is the final data frame: (n+1)(m+1)-1 references with every cache off.  With large host
+pages the EPT walk ends at the entry that maps the page (``S_HOST_LEAF`` = L: 1 for a 2 MiB
+PDE, 2 for a 1 GiB PDPTE), m - L references per translation: (n+1)(m-L)+n in all; the nested
+PSC caches only the EPT levels above the leaf.
 
 Paging-structure caches hold, per upper level L, the entry that covers the
 address at that level, keyed by (address space, level, prefix); their payload is

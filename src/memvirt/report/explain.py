@@ -553,7 +553,7 @@ def print_explanation(ex: Explanation, console=None) -> None:
 
     con = console or Console()
     n, mlev = ex.guest_levels, ex.ept_levels
-    host = "4 KiB" if ex.host_page == 4096 else "2 MiB"
+    host = {4096: "4 KiB", 2097152: "2 MiB", 1073741824: "1 GiB"}[ex.host_page]
     con.print(f"[bold]Address 0x{ex.address:x}[/] in process {ex.pid}, after replaying "
               f"{ex.source} ({ex.records:,} records)")
     con.print(f"guest page tables: {n} levels; EPT: {mlev} levels, {host} host pages")
@@ -597,8 +597,10 @@ def print_explanation(ex: Explanation, console=None) -> None:
     off = {w.mode: w.refs for w in ex.walks if not w.caches}
     if off:
         formula = f"(n+1)(m+1)-1 = ({n}+1)({mlev}+1)-1 = {(n + 1) * (mlev + 1) - 1}"
-        if ex.host_page != 4096:
-            formula = f"(n+1)*m-1 with 2 MiB host pages = {(n + 1) * mlev - 1}"
+        skip = {4096: 0, 2097152: 1, 1073741824: 2}[ex.host_page]  # EPT levels not walked
+        if skip:
+            formula = (f"(n+1)(m-{skip})+n with {host} host pages = "
+                       f"{(n + 1) * (mlev - skip) + n}")
         con.print(f"Without caches: native {off.get('native', '-')} and shadow "
                   f"{off.get('shadow', '-')} references (one per guest level), nested "
                   f"{off.get('nested', '-')}: every guest table pointer is a gPA that needs "

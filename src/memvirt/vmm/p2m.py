@@ -3,9 +3,19 @@
 ``host.populate = "boot"``: every guest frame is backed when the VM is built (Xen 3.3's
 domain builder; ``populate_all`` at start-up, no exits later).  ``"demand"`` (KVM): the
 first time the guest allocates a frame that no host frame backs yet, the VMM allocates one
-(or a 2 MiB region with large host pages), creating any missing EPT page-table pages, in one
-VM exit (an EPT violation under nested paging; a populate fault on the guest's direct map
-under shadow paging).  Backed frames stay backed.
+(or, with large host pages, the whole 2 MiB or 1 GiB region around it), creating any missing
+EPT page-table pages, in one VM exit (an EPT violation under nested paging; a populate fault
+on the guest's direct map under shadow paging).  Backed frames stay backed.
+
+Host pages (``host.page_size``, ``S_HOST_LEAF``): the EPT maps guest memory with 4 KiB pages
+(leaf 0: a PTE), 2 MiB pages (leaf 1: a PDE with bit 7 set) or 1 GiB pages (leaf 2: a PDPTE
+with bit 7 set; Intel SDM vol. 3, 28.2.2; AMD's nested page tables likewise; KVM backs a
+guest with 1 GiB hugetlbfs pages when asked).  ``ept_upper`` holds the EPT pages above the
+leaf level.  ``p2m`` holds the leaves: one entry per 4 KiB frame with 4 KiB host pages, else
+one entry per 2 MiB of guest memory, the first host frame backing it (a 1 GiB host page
+fills its 512 consecutive entries), so finding a frame's backing is the same for both large
+sizes.  A large host page is host-contiguous and backed whole, even past the end of the
+guest's memory (QEMU rounds a hugetlbfs backing up to whole pages).
 
 Every VM exit also runs the VMM's code and touches its data (``vmm_footprint``): with VPID
 its translations share the TLBs with the guest's (tagged by the VMM's own key space) and its
@@ -115,7 +125,7 @@ def hfn_of(st, gfn):
     S, p2m = st.scalars, st.p2m
     if S[X.S_HOST_LEAF] == 0:
         return p2m[gfn]
-    b = p2m[gfn >> 9]
+    b = p2m[gfn >> 9]  # 2 MiB and 1 GiB host pages alike: one entry per 2 MiB
     if b < 0:
         return -1
     return b + (gfn & 511)
@@ -123,18 +133,20 @@ def hfn_of(st, gfn):
 
 @njit(cache=True)
 def populate_all(st, frames):
-    """Boot population: back guest frames 0..frames-1 (hfn = S_HOST_BASE + gfn) and build the
-    EPT pages that map them, without exits (the VM is being built)."""
+    """Boot population: back guest frames 0..frames-1 (hfn = S_HOST_BASE + gfn; whole host
+    pages, so the last large one may reach past ``frames``) and build the EPT pages that map
+    them, without exits (the VM is being built)."""
     S, eup, p2m = st.scalars, st.ept_upper, st.p2m
     leaf = S[X.S_HOST_LEAF]
     base = S[X.S_HOST_BASE]
     used = S[X.S_EUP_USED:X.S_EUP_USED + 1]
-    step = 1 if leaf == 0 else 512
+    step = np.int64(1) << (9 * leaf)  # 4 KiB frames per host page
     for g in range(0, frames, step):
         if leaf == 0:
             p2m[g] = base + g
         else:
-            p2m[g >> 9] = base + g
+            for c in range(g >> 9, min((g + step) >> 9, p2m.shape[0])):
+                p2m[c] = base + (c << 9)
         for lv in range(S[X.S_EPT_LEVELS] - 1, leaf, -1):
             k = make_key(0, lv, g >> (9 * lv))
             if find(eup, k) < 0:
@@ -143,7 +155,8 @@ def populate_all(st, frames):
 
 @njit(cache=True, _nrt=False)
 def back_frame(st, gfn):
-    """Back ``gfn`` if needed (one exit); returns its hfn."""
+    """Back ``gfn`` if needed (one exit, which backs the whole host page around it);
+    returns its hfn."""
     S, C, eup, p2m = st.scalars, st.counters, st.ept_upper, st.p2m
     h = hfn_of(st, gfn)
     if h >= 0:
@@ -153,11 +166,14 @@ def back_frame(st, gfn):
         h = alloc_hfn(st, 1)
         p2m[gfn] = h
         C[K.HOST_FRAMES] += 1
-    else:
-        b = alloc_hfn(st, 512)
-        p2m[gfn >> 9] = b
-        C[K.HOST_FRAMES] += 512
-        h = b + (gfn & 511)
+    else:  # a whole 2 MiB or 1 GiB host page: 512 or 262,144 contiguous host frames
+        span = np.int64(1) << (9 * leaf)
+        first = gfn & ~(span - 1)
+        b = alloc_hfn(st, span)
+        for c in range(first >> 9, min((first + span) >> 9, p2m.shape[0])):
+            p2m[c] = b + (c << 9) - first
+        C[K.HOST_FRAMES] += span
+        h = b + (gfn - first)
     used = S[X.S_EUP_USED:X.S_EUP_USED + 1]
     for lv in range(S[X.S_EPT_LEVELS] - 1, leaf, -1):
         k = make_key(0, lv, gfn >> (9 * lv))
