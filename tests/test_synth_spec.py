@@ -18,9 +18,11 @@ FAULT_RANGE = (0.0, 0.015)
 
 
 def _rates(entry, warmup: int = 0):
+    # TLB misses and faults do not depend on where data accesses hit: data pricing off
+    # (hw.data_caches) gives the same rates, four times faster
     cfg = Config.load(profile="nehalem-2010").with_overrides(
         {"guest.levels": 2, "selective.period_instructions": 10**9,
-         "run.warmup_instructions": warmup})
+         "run.warmup_instructions": warmup, "hw.data_caches": False})
     d = simulate(synthesize(entry["generator"], **entry["params"]), cfg, "native").to_dict()
     return d["instructions"], d["rates"]["tlb_misses_per_ki"], d["rates"]["guest_faults_per_ki"]
 

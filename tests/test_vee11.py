@@ -6,7 +6,7 @@ Claims checked (reference notes, sections 2, 3 and 7) on the nehalem-2010 profil
 state after the warm-up:
 
 - fault-bound work (gcc-like, and by far the fork / mmap churn microbenchmarks) runs faster
-  under nested paging, TLB-miss-bound work (mcf-like, omnetpp-like) under shadow paging,
+  under nested paging, TLB-miss-bound work (mcf-like) under shadow paging,
   with a 2-level and a 4-level guest;
 - dsp ends within 2% of the better static mode on single-regime workloads, and beats both
   static modes on the phased workload; the cost policy too where its refill estimate is
@@ -29,18 +29,21 @@ from memvirt.config import Config
 from memvirt.experiments import vee11
 from memvirt.trace.records import Kind, Trace
 
+# One stand-in per regime and the microbenchmarks (tests/test_demo_subset.py holds every
+# stand-in's static verdict and dsp result to the full-length runs; this file checks the
+# experiment and the study's claims, on both guests).
 FAULT_SPEC = ("gcc-like",)
 MICRO = ("churn-micro", "compile-micro")
 FAULT = FAULT_SPEC + MICRO
-TLB = ("mcf-like", "omnetpp-like")
-NEUTRAL = ("libquantum-like", "bzip2-like", "h264ref-like")
+TLB = ("mcf-like",)
+NEUTRAL = ("bzip2-like",)
 SINGLE = FAULT + TLB + NEUTRAL
 WORKLOADS = [*SINGLE, "phased-like"]
 
 
 @pytest.fixture(scope="module")
 def results():
-    return vee11.run(None, quick=True, real=False, workers=2)
+    return vee11.run(None, quick=True, real=False, workers=2, workloads=WORKLOADS)
 
 
 def runs(results, wl, lv):

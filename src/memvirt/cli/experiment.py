@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
                    "footprints and rates do not change)")
     p.add_argument("--quick", action="store_true",
                    help="the short variants: vee11 runs the demo's subset (SPEC-like "
-                   "stand-ins at 6 x 10^7 instructions, no real programs: about a minute on "
+                   "stand-ins at 1.2 x 10^8 instructions, no real programs: about a minute on "
                    "2 cores), realistic the real programs' quick captures")
     real = p.add_mutually_exclusive_group()
     real.add_argument("--real", dest="real", action="store_true", default=None,

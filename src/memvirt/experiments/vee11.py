@@ -19,7 +19,7 @@ run beside them):
   reported, no claim is made on them.
 
 ``--quick`` runs the demo's subset (``demo_suite``: the same footprints and rates at
-6 x 10^7 instructions; phased-like with phases of 1.5 x 10^8), whose verdicts are the
+1.2 x 10^8 instructions; phased-like with phases of 1.5 x 10^8), whose verdicts are the
 full-length runs' (tests/test_demo_subset.py).
 
 Real captures are x86-64 processes (Valgrind puts the client stack near 2^37): for the
@@ -188,7 +188,7 @@ def synthetic_workloads(scale: float = 1.0, quick: bool = False) -> list[Workloa
     """The SPEC-like stand-ins of the realistic suite (``trace.synth.suite.spec_suite``:
     10^9 instructions, phased-like 6 x 10^9, times ``scale``) and the fork / mmap churn
     microbenchmarks.  ``quick``: the demo's subset (``demo_suite``: the same footprints and
-    rates, 6 x 10^7 instructions) with phased-like at four phases of 1.5 x 10^8; the
+    rates, 1.2 x 10^8 instructions) with phased-like at four phases of 1.5 x 10^8; the
     microbenchmarks are the same (short already, their warm-up ``MICRO_WARMUP``)."""
     from ..trace.synth.suite import demo_suite, microbenchmarks, spec_suite
 
