@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from . import counters as K
 from . import state as X
@@ -23,7 +24,7 @@ from .errors import TraceError
 from .guest import os as guest
 from .guest import pagetable as pt
 from .hw import cache as hwc
-from .hw.memory import lookup_line
+from .hw.memory import LEVEL_L1, lookup_below_l1
 from .hw.prefetch import prefetch
 from .hw.tlb import flush_nested, flush_tlbs
 from .trace.records import Kind, Trace
@@ -81,6 +82,69 @@ def _initial_free_frames(frames: int, order: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- kernel
 
 PREFETCH_AHEAD = 8  # records between a prefetch and the walk that reads the entry
+LINES_AHEAD = 4  # records between a prefetch of L3 sets and the lookups in them
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _l3_set(ctag, cstamp, cgeom, line):
+    """Prefetch the L3 set of ``line``: its tags and stamps (first and last way)."""
+    ways = cgeom[hwc.L3C, 2]
+    b = cgeom[hwc.L3C, 0] + (line & cgeom[hwc.L3C, 3]) * ways
+    prefetch(ctag, b)
+    prefetch(ctag, b + ways - 1)
+    prefetch(cstamp, b)
+    prefetch(cstamp, b + ways - 1)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_ept_set(st, gfn):
+    """Prefetch the L3 set of the EPT entry that maps guest frame ``gfn`` (the last
+    reference of its nested walk), if its table is where it is first probed."""
+    S, eup = st.scalars, st.ept_upper
+    lv = S[X.S_HOST_LEAF] + 1
+    k = pt.make_key(0, lv, gfn >> (9 * lv))
+    i = pt.hash_key(k) & ((eup.shape[0] // pt.STRIDE) - 1)
+    if eup[i * pt.STRIDE] == k:
+        ent = ((gfn >> (9 * (lv - 1))) & 511) * 8
+        _l3_set(st.cache_tag, st.cache_stamp, st.cache_geom,
+                ((eup[i * pt.STRIDE + 1] << 12) + ent) >> 6)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _prefetch_l3_sets(st, s, va, data):
+    """A later record's L3 lookups are random reads of a large array: prefetch the sets of
+    the leaf entry its walk would read, (``data``) of its data line and, under nested
+    paging, of the EPT entries that map both frames, when the entries that give them are
+    where they are first probed (reads only: no state changes; a wrong guess costs a
+    useless prefetch)."""
+    S, ctag, cstamp, cgeom = st.scalars, st.cache_tag, st.cache_stamp, st.cache_geom
+    mode = S[X.S_MODE]
+    shadowed = mode == X.MODE_SHADOW
+    if shadowed and S[X.S_PAE_SHADOW] != 0:
+        return  # its own walk geometry: not worth it
+    nested = mode == X.MODE_NESTED
+    leaf = st.shadow_leaf if shadowed else st.guest_leaf
+    up = st.shadow_upper if shadowed else st.guest_upper
+    if data:
+        k = pt.make_key(s, 0, va >> 12)
+        i = pt.hash_key(k) & ((leaf.shape[0] // pt.STRIDE) - 1)
+        if leaf[i * pt.STRIDE] == k:
+            v = leaf[i * pt.STRIDE + 1]
+            frame = v >> 1 if shadowed else (leaf[i * pt.STRIDE + 2] if nested else v >> 2)
+            if frame >= 0:
+                _l3_set(ctag, cstamp, cgeom, (frame << 6) | ((va >> 6) & 63))
+            if nested:
+                _prefetch_ept_set(st, v >> 2)
+    bits = S[X.S_BITS]
+    k = pt.make_key(s, 1, va >> (12 + bits))
+    i = pt.hash_key(k) & ((up.shape[0] // pt.STRIDE) - 1)
+    if up[i * pt.STRIDE] == k:
+        table = up[i * pt.STRIDE + (2 if nested else 1)]
+        if table >= 0:
+            ent = ((va >> 12) & ((1 << bits) - 1)) * S[X.S_ENTRY_BYTES]
+            _l3_set(ctag, cstamp, cgeom, ((table << 12) + ent) >> 6)
+        if nested:
+            _prefetch_ept_set(st, up[i * pt.STRIDE + 1])
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -117,20 +181,16 @@ def _folded_hits(C, k, n):
 
 
 @njit(cache=True, _nrt=False)
-def data_line(st, line):
-    """A data access whose line missed the L1D: the level that serves it (and the fills)."""
-    return lookup_line(st, line, True)
-
-
-@njit(cache=True, _nrt=False)
-def data_lines(st, frame, va, size, n, bitmap):
+def data_lines(C, ctag, cstamp, cval, cgeom, clast, cclock, frame, va, size, n, bitmap):
     """``n`` data accesses (a record and its folded repeats) of ``size`` bytes at ``va``, on
     physical frame ``frame``: the lines of the first access, then the other lines of the
     page in ``bitmap`` (a collapsed record's: every line its accesses touched; 0: only the
-    first access's), are looked up in the caches (each 64-byte line of a page is in a set of
-    its own at every level, so their order does not matter); the remaining accesses touch
-    lines already there: L1D hits."""
-    C = st.counters
+    first access's), are looked up in the caches, in that order (each 64-byte line of a
+    page is in a set of its own at every level of a real-sized cache, so their order does
+    not matter there); the remaining accesses touch lines already there: L1D hits.
+
+    It takes the cache arrays rather than the whole state: a call passes every array's
+    fields, and the state's take several times longer to pass than this does."""
     off = va & 4095
     end = off + (size - 1 if size > 0 else 0)
     if end > 4095:
@@ -138,15 +198,26 @@ def data_lines(st, frame, va, size, n, bitmap):
     first = off >> 6
     last = end >> 6
     base = frame << 6
-    for ln in range(first, last + 1):
-        C[K.DATA_L1 + lookup_line(st, base + ln, True)] += 1
+    own = (~np.uint64(0) >> np.uint64(63 - (last - first))) << np.uint64(first)
+    more = np.uint64(bitmap) & ~own  # the bitmap's lines outside the first access's
     extra = 0
-    b = np.uint64(bitmap)
-    if b != 0:
-        for ln in range(64):
-            if (b >> np.uint64(ln)) & np.uint64(1) and (ln < first or ln > last):
-                C[K.DATA_L1 + lookup_line(st, base + ln, True)] += 1
-                extra += 1
+    ln = first
+    while True:  # one loop and one lookup site for both (so the lookup inlines once)
+        if ln <= last:
+            cur = ln
+            ln += 1
+        elif more != 0:
+            cur = np.int64(trailing_zeros(more))  # the lowest line left
+            more &= more - np.uint64(1)
+            extra += 1
+        else:
+            break
+        line = base + cur
+        if cgeom[hwc.L1D, 1] > 0 and hwc.touch(ctag, cstamp, cval, cgeom, clast, cclock,
+                                               hwc.L1D, line):
+            C[K.DATA_L1 + LEVEL_L1] += 1
+        else:
+            C[K.DATA_L1 + lookup_below_l1(ctag, cstamp, cval, cgeom, clast, cclock, line)] += 1
     if n - 1 - extra > 0:
         C[K.DATA_L1] += n - 1 - extra  # the same lines again: L1D hits
 
@@ -180,8 +251,9 @@ def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end
     ff = 0
     dl1 = 0
     for r in range(pos, end):
-        k = kind[r]
-        s = slot[r]
+        ru = np.uint64(r)  # indices known to be in range, unsigned: no wraparound code
+        k = kind[ru]
+        s = slot[ru]
         if instr >= boundary and (sync == 1 or (
                 k == 0 and slots[s, X.SL_ALIVE] == 1 and slots[s, X.SL_INSTR] > 0
                 and slots[s, X.SL_INSTR] % sync == 0)):
@@ -189,62 +261,58 @@ def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end
             _flush_fast(C, cclock, clk, fl, fs, ff, dl1)
             return X.ST_PERIOD, r
         if k <= 2 and s == S[X.S_CUR]:
-            va = np.int64(addr[r])
-            sz = np.int64(size[r])
+            va = np.int64(addr[ru])
+            sz = np.int64(size[ru])
             # one page, and for priced data one line (else the slow path)
             if (va & 4095) + sz <= 4096 and (k == 0 or not data_on or (
-                    (va & 63) + sz <= 64 and lines[r] == 0)):
+                    (va & 63) + sz <= 64 and lines[ru] == 0)):
                 cid = hwc.ITLB if k == 0 else hwc.DTLB
                 key = (s << 45) | (va >> 12)
                 hit = -1
                 if clast[cid, 0] == key:  # already the most recently used: LRU unchanged
                     hit = clast[cid, 1]
                 else:
-                    ways = cgeom[cid, 2]
-                    b = cgeom[cid, 0] + (key & cgeom[cid, 3]) * ways
-                    for w in range(ways):
-                        if ctag[b + w] == key:
-                            clk += 1
-                            cstamp[b + w] = clk
-                            clast[cid, 0] = key
-                            clast[cid, 1] = b + w
-                            hit = b + w
-                            break
-                if hit >= 0 and (k != 2 or (cval[hit] & 1) == 1):
-                    line_hit = True
+                    hit = hwc.find_way(ctag, cgeom[cid, 0] + (key & cgeom[cid, 3]) * cgeom[cid, 2],
+                                       cgeom[cid, 2], key)
+                    if hit >= 0:
+                        clk += 1
+                        cstamp[np.uint64(hit)] = clk
+                        clast[cid, 0] = key
+                        clast[cid, 1] = hit
+                if hit >= 0 and (k != 2 or (cval[np.uint64(hit)] & 1) == 1):
                     if k != 0 and data_on:
-                        line = ((cval[hit] >> 1) << 6) | ((va >> 6) & 63)
+                        line = ((cval[np.uint64(hit)] >> 1) << 6) | ((va >> 6) & 63)
                         if clast[hwc.L1D, 0] != line:
-                            lb = cgeom[hwc.L1D, 0] + (line & cgeom[hwc.L1D, 3]) * cgeom[hwc.L1D, 2]
-                            line_hit = False
-                            for w in range(cgeom[hwc.L1D, 2]):
-                                if ctag[lb + w] == line:
-                                    clk += 1
-                                    cstamp[lb + w] = clk
-                                    clast[hwc.L1D, 0] = line
-                                    clast[hwc.L1D, 1] = lb + w
-                                    line_hit = True
-                                    break
-                    if not line_hit:  # the line is below the L1D: fetch it, stay on the fast path
-                        cclock[0] = clk
-                        C[K.DATA_L1 + data_line(st, line)] += 1
-                        clk = cclock[0]
-                        dl1 -= 1  # that access was counted at its level, not as an L1 hit
-                        line_hit = True
-                    if line_hit:
-                        n = np.int64(repeat[r])
-                        if k == 0:
-                            ff += n
-                        else:
-                            if data_on:
-                                dl1 += n
-                            if k == 1:
-                                fl += n
+                            lw = cgeom[hwc.L1D, 2]
+                            lb = cgeom[hwc.L1D, 0] + (line & cgeom[hwc.L1D, 3]) * lw
+                            li = hwc.find_way(ctag, lb, lw, line)
+                            if li >= 0:
+                                clk += 1
+                                cstamp[np.uint64(li)] = clk
+                                clast[hwc.L1D, 0] = line
+                                clast[hwc.L1D, 1] = li
                             else:
-                                fs += n
-                        instr += icount[r]
-                        slots[s, X.SL_INSTR] += icount[r]
-                        continue
+                                # below the L1D (lookup_line's L1D miss, its set already
+                                # found): fill it, then the L2 and the L3; stay on the fast path
+                                cclock[0] = clk
+                                hwc.fill_line(ctag, cstamp, clast, cclock, hwc.L1D, lb, lw, line)
+                                C[K.DATA_L1 + lookup_below_l1(ctag, cstamp, cval, cgeom, clast,
+                                                              cclock, line)] += 1
+                                clk = cclock[0]
+                                dl1 -= 1  # that access was counted at its level, not as an L1 hit
+                    n = np.int64(repeat[ru])
+                    if k == 0:
+                        ff += n
+                    else:
+                        if data_on:
+                            dl1 += n
+                        if k == 1:
+                            fl += n
+                        else:
+                            fs += n
+                    instr += icount[ru]
+                    slots[np.uint64(s), X.SL_INSTR] += icount[ru]
+                    continue
         # Slow path: bring the shared state up to date first.
         if r + PREFETCH_AHEAD < end and kind[r + PREFETCH_AHEAD] <= 3:
             # the leaf entry a later record's walk will read (same slot as pt.find's probe)
@@ -252,6 +320,9 @@ def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end
             tab = st.shadow_leaf if S[X.S_MODE] == X.MODE_SHADOW else st.guest_leaf
             pk = pt.make_key(slot[q], 0, np.int64(addr[q]) >> 12)
             prefetch(tab, (pt.hash_key(pk) & ((tab.shape[0] // pt.STRIDE) - 1)) * pt.STRIDE)
+        if r + LINES_AHEAD < end and kind[r + LINES_AHEAD] <= 3 and cgeom[hwc.L3C, 1] > 0:
+            q = r + LINES_AHEAD
+            _prefetch_l3_sets(st, slot[q], np.int64(addr[q]), kind[q] != 0 and data_on)
         C[K.INSTR] = instr
         _flush_fast(C, cclock, clk, fl, fs, ff, dl1)
         fl = 0
@@ -313,7 +384,8 @@ def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end
                         # this page's bytes of the access and of its folded repeats, all
                         # priced at once (a Lackey M's store hits the line its load
                         # brought in)
-                        data_lines(st, v >> 1, a, sz - (a - va), n * (2 if k == 3 else 1),
+                        data_lines(C, ctag, cstamp, cval, cgeom, clast, cclock, v >> 1, a,
+                                   sz - (a - va), n * (2 if k == 3 else 1),
                                    lines[r] if step == 0 else np.uint64(0))
             if n > times:
                 _folded_hits(C, k, n - times)

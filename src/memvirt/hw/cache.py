@@ -52,10 +52,17 @@ def allocate(geometries: list[tuple[int, int]]):
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _ix(i):
+    """An index known to be in range (a way of a structure), as unsigned: numba then skips
+    the negative-index wraparound (a shift, a mask and an add per access in the scans)."""
+    return np.uint64(i)
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _use(stamp, last, clock, cid, key, i):
     """Make way ``i`` (holding ``key``) the most recently used."""
     clock[0] += 1
-    stamp[i] = clock[0]
+    stamp[_ix(i)] = clock[0]
     last[cid, 0] = key
     last[cid, 1] = i
 
@@ -79,31 +86,57 @@ def lookup(tag, stamp, geom, last, clock, cid, key):
     ways = geom[cid, 2]
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
     for w in range(ways):
-        if tag[b + w] == key:
+        if tag[_ix(b + w)] == key:
             _use(stamp, last, clock, cid, key, b + w)
             return b + w
     return -1
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def _fill(tag, stamp, val, last, clock, cid, b, ways, key, value):
-    """Put ``key`` into the set at ``b`` over its victim; returns the evicted key.
-
-    Empty ways have stamp 0, so the victim is the first empty way, else the LRU: a plain
-    argmin, written branch-free (selects) because its outcome is unpredictable.
-    """
+def _victim(stamp, b, ways):
+    """The way of the set at ``b`` to fill: empty ways have stamp 0, so the first empty way,
+    else the LRU: a plain argmin, written branch-free (selects) because its outcome is
+    unpredictable."""
     victim = b
-    best = stamp[b]
+    best = stamp[_ix(b)]
     for w in range(1, ways):
-        sw = stamp[b + w]
+        sw = stamp[_ix(b + w)]
         lower = sw < best
         best = sw if lower else best
         victim = b + w if lower else victim
-    old = tag[victim]
-    tag[victim] = key
-    val[victim] = value
+    return victim
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def _fill(tag, stamp, val, last, clock, cid, b, ways, key, value):
+    """Put ``key`` into the set at ``b`` over its victim; returns the evicted key."""
+    victim = _victim(stamp, b, ways)
+    old = tag[_ix(victim)]
+    tag[_ix(victim)] = key
+    val[_ix(victim)] = value
     _use(stamp, last, clock, cid, key, victim)
     return old
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def fill_line(tag, stamp, last, clock, cid, b, ways, key):
+    """``_fill`` for a data cache (the set at ``b`` misses ``key``): its entries carry no
+    value (``touch`` inserts 0 and nothing reads it), so ``val`` is left alone (it stays 0)
+    and the fill touches two arrays instead of three."""
+    victim = _victim(stamp, b, ways)
+    tag[_ix(victim)] = key
+    _use(stamp, last, clock, cid, key, victim)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def find_way(tag, b, ways, key):
+    """The way of the set at ``b`` that holds ``key`` (the first if several, as a scan that
+    stops at the first match), or -1: a branch-free scan (no early exit to mispredict), from
+    the last way down."""
+    hit = -1
+    for w in range(ways - 1, -1, -1):
+        hit = b + w if tag[_ix(b + w)] == key else hit
+    return hit
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -133,11 +166,11 @@ def touch(tag, stamp, val, geom, last, clock, cid, key):
     b = geom[cid, 0] + (key & geom[cid, 3]) * ways
     hit = -1  # a branch-free scan: hits and misses are equally unpredictable here
     for w in range(ways):
-        hit = b + w if tag[b + w] == key else hit
+        hit = b + w if tag[_ix(b + w)] == key else hit
     if hit >= 0:
         _use(stamp, last, clock, cid, key, hit)
         return True
-    _fill(tag, stamp, val, last, clock, cid, b, ways, key, 0)
+    fill_line(tag, stamp, last, clock, cid, b, ways, key)  # its value: 0, as val already is
     return False
 
 

@@ -25,6 +25,16 @@ LEVEL_DRAM = 3
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def lookup_below_l1(ctag, cstamp, cval, cgeom, clast, cclock, line):
+    """Look ``line`` up from the L2 down (fill what missed); the level that served it."""
+    if cgeom[L2C, 1] > 0 and touch(ctag, cstamp, cval, cgeom, clast, cclock, L2C, line):
+        return LEVEL_L2
+    if cgeom[L3C, 1] > 0 and touch(ctag, cstamp, cval, cgeom, clast, cclock, L3C, line):
+        return LEVEL_L3
+    return LEVEL_DRAM
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def lookup_line(st, line, from_l1):
     """Look ``line`` up from the L1D (``from_l1``) or the L2 down; fill what missed.
     Returns the level that served it (LEVEL_L1 .. LEVEL_DRAM)."""
@@ -33,8 +43,4 @@ def lookup_line(st, line, from_l1):
     if from_l1 and cgeom[L1D, 1] > 0:
         if touch(ctag, cstamp, cval, cgeom, clast, cclock, L1D, line):
             return LEVEL_L1
-    if cgeom[L2C, 1] > 0 and touch(ctag, cstamp, cval, cgeom, clast, cclock, L2C, line):
-        return LEVEL_L2
-    if cgeom[L3C, 1] > 0 and touch(ctag, cstamp, cval, cgeom, clast, cclock, L3C, line):
-        return LEVEL_L3
-    return LEVEL_DRAM
+    return lookup_below_l1(ctag, cstamp, cval, cgeom, clast, cclock, line)
