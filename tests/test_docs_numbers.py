@@ -6,6 +6,11 @@ code on short runs.  A block whose text no longer matches fails here, naming the
 line and the block; ``make docs-numbers`` rewrites them.  Each generator runs once per
 session (they are cached), so the whole file takes well under a minute once the kernels are
 compiled.
+
+Numbers from long runs or timings (benchmarks, captures, full-length experiments) are not
+generated: a line ``Measured snapshot (DATE, MACHINE), not checked by a test...; reproduce
+with: `COMMAND``` stands right above each; ``test_snapshots_say_when_where_and_how`` checks
+their form.
 """
 
 from __future__ import annotations
@@ -47,6 +52,26 @@ def test_block_matches_the_code(block):
         pytest.fail(mm.describe(ROOT) + "\nthe code computes other numbers now: run "
                     "`make docs-numbers` (python -m memvirt.docsnumbers --write) and read "
                     "the prose around the block again", pytrace=False)
+
+
+SNAPSHOT = re.compile(r"^Measured snapshot \((\d{4}-\d{2}-\d{2}), ([^)]*machine[^)]*)\), "
+                      r"not checked by a test\b.*; reproduce with: .*`[^`]*memvirt [^`]+`")
+
+
+def test_snapshots_say_when_where_and_how():
+    """Every measured snapshot line names its date, its machine and a memvirt command, and
+    the pasted tables and claims of long runs carry one."""
+    lines = {}
+    for f in dn.doc_files(ROOT):
+        for no, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if line.startswith("Measured snapshot"):
+                where = f"{f.relative_to(ROOT).as_posix()}:{no}"
+                assert SNAPSHOT.match(line), f"{where}: malformed snapshot line: {line}"
+                lines.setdefault(f.relative_to(ROOT).as_posix(), []).append(no)
+    counts = {k: len(v) for k, v in lines.items()}
+    assert counts.get("README.md", 0) >= 3  # simulator, capture and memory benchmarks
+    assert counts.get("docs/workloads-real.md", 0) >= 3  # captures, real programs, stand-ins
+    assert counts.get("docs/experiments.md", 0) >= 2 and counts.get("docs/policies.md", 0) >= 1
 
 
 # ----------------------------------------------------------------------------- the check fails

@@ -33,6 +33,11 @@ for every block found in the docs.
 To quote a new number: write its generator here (keep it to seconds: the test runs every
 one), put an empty block ``<!-- docs-numbers: NAME --><!-- /docs-numbers -->`` where the
 number goes, and run ``make docs-numbers``.
+
+Numbers that only long runs or timings give (benchmarks, captures, the full-length
+experiments: minutes, or machine-dependent) cannot be generated; each such table or passage
+has a line of its own right above it, ``Measured snapshot (DATE, MACHINE), not checked by a
+test; reproduce with: `COMMAND```, and the test checks that those lines are well formed.
 """
 
 from __future__ import annotations
@@ -326,12 +331,13 @@ def calibration_table() -> str:
 
 
 @cache
-def _measure_order(order: str, event: str):
+def _measure_order(order: str, event: str, levels: int = 2):
     from .experiments import calibrate as cal
 
     if order == _config(PROFILE).guest.frame_order:
-        return _measure(PROFILE, event, 2)
-    return cal.measure(event, _config(PROFILE).with_overrides({"guest.frame_order": order}), 2)
+        return _measure(PROFILE, event, levels)
+    return cal.measure(event, _config(PROFILE).with_overrides({"guest.frame_order": order}),
+                       levels)
 
 
 FRAME_ORDER_EVENTS = ("tlb_miss", "tlb_miss_large", "tlb_miss_mcf", "guest_fault")
@@ -345,11 +351,104 @@ def frame_order_premiums() -> str:
     rows = []
     for order in ("buddy", "scattered", "sequential"):
         name = f"`{order}`" + (" (default)" if order == default else "")
-        rows.append([name, *(_num(_measure_order(order, e).marginal_cycles)
+        rows.append([name, *(_num(_measure_order(order, e, 2).marginal_cycles)
                              for e in FRAME_ORDER_EVENTS)])
     rows.append(["published (VEE 2011, mcf / gcc)", "~12", "~12", "~12", "~27,000"])
     return _table(["`guest.frame_order`", "TLB miss, 32 MiB", "TLB miss, 800 MiB",
                    "TLB miss, mcf-like", "guest fault"], "lrrrr", rows)
+
+
+def _and(items: list[str]) -> str:
+    """``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+ORDERS = ("scattered", "buddy", "sequential")
+TLB_EVENTS = {"tlb_miss": "at 32 MiB", "tlb_miss_mcf": "for mcf-like",
+              "tlb_miss_large": "at 800 MiB"}
+
+
+@generator("frame-order-shadow")
+def frame_order_shadow() -> str:
+    """Shadow paging's cycles per STLB miss at 32 MiB, 800 MiB and mcf-like (2-level guest,
+    nehalem-2010): one list when every frame order gives the same, else one per order."""
+    events = ("tlb_miss", "tlb_miss_large", "tlb_miss_mcf")
+    lists = {o: _and([_num(_measure_order(o, e, 2).per_event["shadow"]) for e in events])
+             for o in ORDERS}
+    if len(set(lists.values())) == 1:
+        return lists["buddy"]
+    return "; ".join(f"{lists[o]} ({o})" for o in ORDERS)
+
+
+@generator("frame-order-nested")
+def frame_order_nested() -> str:
+    """Nested paging's cycles per STLB miss going from scattered to buddy frames (2-level
+    guest, nehalem-2010): 32 MiB, 800 MiB, mcf-like."""
+    parts = [f"{_num(_measure_order('scattered', e, 2).per_event['nested'])} → "
+             f"{_num(_measure_order('buddy', e, 2).per_event['nested'])} {TLB_EVENTS[e]}"
+             for e in ("tlb_miss", "tlb_miss_large", "tlb_miss_mcf")]
+    return f"{parts[0]}, {parts[1]}, and {parts[2]}"
+
+
+@generator("frame-order-4level")
+def frame_order_4level() -> str:
+    """The 32 MiB TLB-miss premium with a 4-level guest under each frame order."""
+    return _and([f"{_num(_measure_order(o, 'tlb_miss', 4).marginal_cycles)} {o}"
+                 for o in ORDERS])
+
+
+@generator("frame-order-fault-spread")
+def frame_order_fault_spread() -> str:
+    """How far the guest-fault premium (2-level guest) moves across the three frame orders:
+    (largest - smallest) / smallest, rounded up to 0.01%."""
+    import math
+
+    v = [_measure_order(o, "guest_fault", 2).marginal_cycles for o in ORDERS]
+    return f"{math.ceil(10_000 * (max(v) - min(v)) / min(v)) / 100:.2f}%"
+
+
+@generator("tlb-premium-vs-published")
+def tlb_premium_vs_published() -> str:
+    """The TLB-miss premium (2-level guest, nehalem-2010, default frames) as a multiple of the
+    published ~12 cycles: 32 MiB, mcf-like, 800 MiB."""
+    out = []
+    for e, where in TLB_EVENTS.items():
+        m = _measure(PROFILE, e, 2)
+        out.append(f"{m.marginal_cycles / m.published_cycles:.1f} times {where}")
+    return _and(out)
+
+
+BUDDY_RUNS = (8, 32, 512)
+
+
+@cache
+def _measure_buddy_run(run: int, event: str):
+    """``_measure`` with ``engine.BUDDY_RUN`` (the length of buddy's runs, a constant of the
+    model) set to ``run`` for the one measurement."""
+    from . import engine
+    from .experiments import calibrate as cal
+
+    if run == engine.BUDDY_RUN and _config(PROFILE).guest.frame_order == "buddy":
+        return _measure(PROFILE, event, 2)
+    old = engine.BUDDY_RUN
+    engine.BUDDY_RUN = run
+    engine._initial_free_frames.cache_clear()
+    try:
+        return cal.measure(event, _config(PROFILE).with_overrides(
+            {"guest.frame_order": "buddy"}), 2)
+    finally:
+        engine.BUDDY_RUN = old
+        engine._initial_free_frames.cache_clear()
+
+
+@generator("buddy-run-premiums")
+def buddy_run_premiums() -> str:
+    """The 32 MiB and 800 MiB TLB-miss premiums with buddy frames in runs of 8, 32 and 512
+    (`engine.BUDDY_RUN` set for the run; 2-level guest, nehalem-2010)."""
+    lists = [_and([_num(_measure_buddy_run(r, e).marginal_cycles) for r in BUDDY_RUNS])
+             for e in ("tlb_miss", "tlb_miss_large")]
+    return (f"runs of {_and([str(r) for r in BUDDY_RUNS])} frames give a 32 MiB premium of "
+            f"{lists[0]} cycles, and an 800 MiB premium of {lists[1]} cycles")
 
 
 BREAKDOWN_LABELS = {"base": "instructions (base CPI)", "memory": "data beyond the L1D",
