@@ -12,10 +12,12 @@ from .budget import SimulatorMemoryError, check_run, estimate_bytes, fmt_bytes
 from .config import Config
 from .engine import Machine, RecordError
 from .errors import ConfigError, TraceError
+from .policy.agile import scan_update
+from .policy.base import policy_label
 from .result import Result, sample_dict
 from .trace.base import DEFAULT_CHUNK, locate_record, open_trace
 
-MODE_CHOICES = ("native", "shadow", "nested", "selective")
+MODE_CHOICES = ("native", "shadow", "nested", "selective", "agile")
 
 
 def resolve_config(config) -> Config:
@@ -83,7 +85,7 @@ def _located(src, e: RecordError) -> TraceError:
 def _simulate(src, cfg: Config, mode: str, policy, chunk_records: int, progress,
               where: str) -> Result:
     selective = mode == "selective"
-    pol = None
+    pol = agile = None
     if selective:
         from .policy import make_policy
 
@@ -92,23 +94,42 @@ def _simulate(src, cfg: Config, mode: str, policy, chunk_records: int, progress,
         start = X.MODES[cfg.selective.start_mode]
     else:
         start = X.MODES[mode]
-    m = Machine(cfg, start)
+    if mode == "agile":
+        from .policy.agile import make_agile_policy
+
+        check_agile(cfg)
+        agile = make_agile_policy(policy, cfg)
+    m = Machine(cfg, start, agile.settings() if agile is not None else None)
     m.sync = trace_sync_interval(src)
     period = cfg.selective.period_instructions
+    scan_every = agile.scan_instructions if agile is not None else 0
+    scans: list[dict] = []
     warmup = cfg.run.warmup_instructions
     stlb_on = cfg.hw.stlb.entries > 0
     samples: list[dict] = []
     decisions: list[dict] = []
     prev = np.zeros(K.NCOUNTERS, np.int64)
-    state = {"start": 0}
+    state = {"start": 0, "sample_due": period, "scan_due": scan_every or 2**62,
+             "scan_counters": np.zeros(K.NCOUNTERS, np.int64)}
     warm: dict = {"counters": None, "records": 0, "instructions": 0}
 
     def next_boundary(instr: int) -> np.int64:
-        """The next period end; the end of the warm-up is one too (at its first sync point)."""
-        b = (instr // period + 1) * period
+        """The next period end; the end of the warm-up is one too (at its first sync point),
+        and so is agile paging's next scan."""
+        b = min(state["sample_due"], state["scan_due"])
         if warm["counters"] is None and instr < warmup:
             b = min(b, warmup)
         return np.int64(b)
+
+    def agile_scan(instr: int) -> None:
+        m.agile_scan()
+        delta = K.as_dict(m.C - state["scan_counters"])
+        state["scan_counters"] = m.C.copy()
+        changed = scan_update(agile, delta)
+        if changed:
+            m.set_agile(changed)
+        scans.append({"instructions": instr, **({"settings": changed} if changed else {})})
+        state["scan_due"] = (instr // scan_every + 1) * scan_every
 
     def take_sample() -> dict:
         delta = m.C - prev
@@ -121,6 +142,13 @@ def _simulate(src, cfg: Config, mode: str, policy, chunk_records: int, progress,
         return s
 
     def on_period() -> None:
+        instr = int(m.C[K.INSTR])
+        if instr >= state["scan_due"]:
+            agile_scan(instr)
+        if instr < state["sample_due"] and not (warm["counters"] is None and 0 < warmup <= instr):
+            m.boundary = next_boundary(instr)
+            return  # a scan only
+        state["sample_due"] = (instr // period + 1) * period
         take_sample()
         if warm["counters"] is None and warmup > 0 and int(m.C[K.INSTR]) >= warmup:
             warm.update(counters=m.C.copy(), records=m.position,
@@ -172,11 +200,23 @@ def _simulate(src, cfg: Config, mode: str, policy, chunk_records: int, progress,
                  samples=samples, whole_counters=whole,
                  warmup={"requested": warmup, "instructions": warm["instructions"],
                          "records": warm["records"]})
+    if agile is not None:
+        res.policy = policy_label(agile)
+        res.agile = {**agile.settings(), "scans": len(scans),
+                     "settings_changed": [x for x in scans if "settings" in x]}
     if selective:
         res.policy = getattr(pol, "name", type(pol).__name__)
         res.selective = _selective_summary([s for s in samples if not s["warmup"]] or samples,
                                            decisions, pol)
     return res
+
+
+def check_agile(cfg: Config) -> None:
+    """Agile paging is modelled for 64-bit guests (as the paper): a clear error otherwise."""
+    if cfg.guest.levels < 3:
+        raise ConfigError(f"mode agile: guest.levels = {cfg.guest.levels} (a 32-bit guest) is "
+                          "not supported; agile paging (Gandhi et al., ISCA 2016) is modelled "
+                          "for x86-64 guests with 3 to 5 levels")
 
 
 def trace_sync_interval(src) -> int:

@@ -267,6 +267,15 @@ class CostConfig(_Section):
     mode_switch: float = Field(
         100000.0, ge=0, description="VMM work to switch the VM between shadow and nested "
         "(reload roots, flush, pause/resume the vCPU), excluding the shadow refill that follows")
+    hv_agile_move: float = Field(
+        2000.0, ge=0, description="agile paging: VMM work to move one page-table subtree between "
+        "shadow and nested (rewrite its switching entry, drop or start its shadows, flush the "
+        "paging-structure caches); shadow pages freed are priced by hv_shadow_page_free.  An "
+        "estimate: about one shadow fill (Gandhi et al., ISCA 2016, give no cycle figure)")
+    hv_agile_scan: float = Field(
+        200.0, ge=0, description="agile paging: VMM work per nested subtree at a periodic scan "
+        "(read and clear the dirty bits of the EPT entries that map its page-table pages; "
+        "estimate)")
     clock_ghz: float = Field(2.8, gt=0, description="clock for reporting ns (Core i7-860: 2.8 GHz)")
 
 
@@ -279,6 +288,30 @@ class SelectiveConfig(_Section):
     start_mode: Literal["nested", "shadow"] = Field("nested", description="mode of the first period")
     policy: str = Field("dsp", description="switching policy: static, dsp, cost, oracle, or module:Class")
     policy_params: dict[str, Any] = Field(default_factory=dict, description="policy parameters")
+
+
+class AgileConfig(_Section):
+    """Agile paging (``--mode agile``; Gandhi, Hill, Swift, ISCA 2016).  ``policy`` names the
+    defaults below as a whole (``memvirt.policy.agile``); the other keys override its values."""
+    policy: str = Field(
+        "paper", description="agile policy: paper (the paper's), all-shadow, all-nested, or "
+        "module:Class (an AgilePolicy subclass)")
+    write_threshold: int | None = Field(
+        None, ge=-1, le=1 << 30,
+        description="a shadowed page-table page moves (with its subtree) to nested after more "
+        "than this many writes between two scans (paper: 1, 'written more than once'); -1: never")
+    start_nested: bool | None = Field(
+        None, description="new address spaces start wholly nested and are shadowed only once "
+        "a scan finds them clean and older than one scan interval (paper: short-lived "
+        "processes stay nested)")
+    move_back: bool | None = Field(
+        None, description="a scan moves nested subtrees that were not written since the last "
+        "scan (and are older than one interval) back to shadow (paper: yes)")
+    scan_instructions: int | None = Field(
+        None, ge=1000, le=MAX_PERIOD,
+        description="instructions between scans (default 84,000,000: Xen's 30 ms credit-"
+        "scheduler time slice at 2.8 GHz and about one instruction per cycle; the paper does "
+        "not give its interval)")
 
 
 class RunConfig(_Section):
@@ -306,6 +339,7 @@ class Config(_Section):
     vmm: VmmConfig = Field(default_factory=VmmConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     selective: SelectiveConfig = Field(default_factory=SelectiveConfig)
+    agile: AgileConfig = Field(default_factory=AgileConfig)
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -77,7 +77,10 @@ NREF_L2 = 61
 NREF_L3 = 62
 NREF_DRAM = 63
 EXIT_UNSYNC = 64  # a write to an in-sync leaf page-table page that unsyncs it (Xen OOS)
-NCOUNTERS = 65
+AGILE_TO_NESTED = 65  # agile: page-table subtrees (or whole address spaces) moved to nested
+AGILE_TO_SHADOW = 66  # agile: nested subtrees (or address spaces) moved back to shadow by a scan
+AGILE_SCANNED = 67  # agile: nested subtrees whose dirty state a periodic scan read
+NCOUNTERS = 68
 
 NAMES = [
     "instructions", "accesses", "ifetch", "loads", "stores",
@@ -96,7 +99,7 @@ NAMES = [
     "data_l1", "data_l2", "data_l3", "data_dram",
     "vmm_tlb_fills", "vmm_line_fills", "highpte_maps",
     "walk_refs_nested_l1", "walk_refs_nested_l2", "walk_refs_nested_l3", "walk_refs_nested_dram",
-    "exit_unsync",
+    "exit_unsync", "agile_to_nested", "agile_to_shadow", "agile_scanned",
 ]
 assert len(NAMES) == NCOUNTERS
 
@@ -114,7 +117,7 @@ EXIT_REASONS = {
 
 BREAKDOWN_KEYS = (
     "base", "memory", "tlb", "walk", "guest_fault", "guest_os",
-    *(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt", "mode_switch",
+    *(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt", "mode_switch", "vmm_agile",
 )
 
 
@@ -150,6 +153,8 @@ def breakdown(c: np.ndarray, cost) -> dict[str, float]:
                               + c[OOS_RESYNCS] * cost.hv_oos_resync
                               + c[SHADOW_ROOTS] * cost.hv_process)
     out["mode_switch"] = c[MODE_SWITCHES] * cost.mode_switch
+    out["vmm_agile"] = ((c[AGILE_TO_NESTED] + c[AGILE_TO_SHADOW]) * cost.hv_agile_move
+                        + c[AGILE_SCANNED] * cost.hv_agile_scan)
     return out
 
 

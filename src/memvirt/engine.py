@@ -29,6 +29,7 @@ from .hw.prefetch import prefetch
 from .hw.tlb import flush_nested, flush_tlbs
 from .trace.records import Kind, Trace
 from .vmm import shadow
+from .vmm.agile import scan as agile_scan
 from .vmm.modes import access
 from .vmm.p2m import populate_all
 
@@ -333,8 +334,8 @@ def run_records(st, kind, addr, size, icount, repeat, lines, slot, arg, pos, end
         need = 4 * levels + 16 + 4 * S[X.S_SH_PREFETCH]  # a record fills at most a few paths
         if k == 11:
             need += slots[s, X.SL_NUP] + slots[s, X.SL_NLEAF]
-        elif k == 12 or k == 13:
-            need += slots[s, X.SL_NSHADOW]
+        elif k == 12 or k == 13 or S[X.S_MODE] == X.MODE_AGILE:
+            need += slots[s, X.SL_NSHADOW]  # (agile: a subtree may move to nested)
         if (S[X.S_GUP_USED] + need > lim[X.LIM_GUP] or S[X.S_GLEAF_USED] + need > lim[X.LIM_GLEAF]
                 or S[X.S_SUP_USED] + need > lim[X.LIM_SUP]
                 or S[X.S_SLEAF_USED] + need > lim[X.LIM_SLEAF]
@@ -529,7 +530,7 @@ class RecordError(TraceError):
 class Machine:
     """All state of one simulated machine (guest, VMM, hardware) between kernel calls."""
 
-    def __init__(self, config: Config, mode: int):
+    def __init__(self, config: Config, mode: int, agile_settings: dict | None = None):
         g, h, hw = config.guest, config.host, config.hw
         self.config = config
         self.va_bits = g.va_bits
@@ -563,9 +564,12 @@ class Machine:
         # hfn = 1 + gfn, in whole host pages); table pages and demand-backed frames come
         # after it.
         S[X.S_HOST_BASE] = 1
+        S[X.S_AGILE_WRITES] = -1  # (set_agile: agile paging's settings)
         span = h.page_size // 4096
         S[X.S_NEXT_HFN] = 1 + (-(-frames // span) * span if h.populate == "boot" else 0)
         self.S = S
+        if mode == X.MODE_AGILE:
+            self.set_agile(agile_settings or {})
         self.C = np.zeros(K.NCOUNTERS, np.int64)
         geoms = [(0, 0)] * hwc.NSTRUCT
         geoms[hwc.ITLB] = (hw.itlb.sets, hw.itlb.ways)
@@ -617,6 +621,20 @@ class Machine:
         self._slot_buf = np.empty(0, np.int64)
         self._arg_buf = np.empty(0, np.int64)
         self.pending_mode: int | None = None  # a mode switch decided at the last period end
+
+    def set_agile(self, settings: dict) -> None:
+        """Agile paging's policy settings (``memvirt.policy.agile``) for the kernels."""
+        S = self.S
+        if "write_threshold" in settings:
+            S[X.S_AGILE_WRITES] = int(settings["write_threshold"])
+        if "start_nested" in settings:
+            S[X.S_AGILE_START_NESTED] = int(bool(settings["start_nested"]))
+        if "move_back" in settings:
+            S[X.S_AGILE_MOVE_BACK] = int(bool(settings["move_back"]))
+
+    def agile_scan(self) -> None:
+        """The VMM's periodic agile-paging scan (``vmm.agile.scan``)."""
+        agile_scan(self.state())
 
     def _p2m_len(self, frames: int) -> int:
         return frames if self.S[X.S_HOST_LEAF] == 0 else (frames >> 9) + 1

@@ -2,7 +2,7 @@
 
 ``Result.to_dict()`` is plain JSON (the schema other tools rely on):
 
-- ``mode``, ``policy`` (selective only), ``trace`` (name and provenance), ``config``
+- ``mode``, ``policy`` (selective and agile only), ``trace`` (name and provenance), ``config``
 - ``records``, ``instructions``, ``accesses``, ``cycles``, ``time_s``,
   ``cycles_breakdown`` (category -> cycles; sums exactly to ``cycles``)
 - ``tlb``: ``itlb``/``dtlb``/``stlb``/``nested_tlb`` -> ``hits``, ``misses``
@@ -12,6 +12,8 @@
 - ``rates``: per 1,000 instructions: ``tlb_misses``, ``guest_faults``, ``vm_exits``
 - ``counters``: every raw counter;  ``samples``: one dict per sampling period
 - ``selective``: switches, time in each mode, decisions with reasons (or null)
+- ``agile``: agile paging's policy settings and scans (or null); its moves are the counters
+  ``agile_to_nested``, ``agile_to_shadow`` and ``agile_scanned``
 - ``warmup``: ``requested`` and actual ``instructions`` / ``records`` of the warm-up
   (``run.warmup_instructions``; 0 without one)
 - ``whole_run``: the main figures (instructions, cycles, breakdown, TLB misses, faults, exits,
@@ -108,6 +110,7 @@ class Result:
     samples: list[dict] = field(default_factory=list)
     policy: str | None = None
     selective: dict | None = None
+    agile: dict | None = None
     whole_counters: np.ndarray | None = None  # the whole run, warm-up included
     warmup: dict = field(default_factory=lambda: {"requested": 0, "instructions": 0,
                                                   "records": 0})
@@ -163,6 +166,7 @@ class Result:
             "counters": K.as_dict(c),
             "samples": self.samples if samples else [],
             "selective": self.selective,
+            "agile": self.agile,
         }
 
     def to_json(self, **kw) -> str:

@@ -37,7 +37,9 @@ MachineState = namedtuple("MachineState", [
 MODE_NATIVE = 0
 MODE_SHADOW = 1
 MODE_NESTED = 2
-MODES = {"native": MODE_NATIVE, "shadow": MODE_SHADOW, "nested": MODE_NESTED}
+MODE_AGILE = 3  # agile paging (vmm/agile.py): shadowed upper levels, nested subtrees
+MODES = {"native": MODE_NATIVE, "shadow": MODE_SHADOW, "nested": MODE_NESTED,
+         "agile": MODE_AGILE}
 MODE_NAMES = {v: k for k, v in MODES.items()}
 
 # S: scalar state
@@ -77,6 +79,9 @@ S_VMM_DATA = 32
 S_VMM_LINES = 33
 S_GUEST_FRAMES = 34  # guest physical frames (guest.memory_mib)
 S_HOST_BASE = 35  # first host frame of the guest's backing (boot population: hfn = base + gfn)
+S_AGILE_WRITES = 36  # agile: a shadowed page-table page moves to nested after more writes (-1 never)
+S_AGILE_START_NESTED = 37  # agile: new address spaces start wholly nested (1) or shadowed (0)
+S_AGILE_MOVE_BACK = 38  # agile: the periodic scan moves clean nested subtrees back (1) or not
 NSCALARS = 48
 
 # slots: per address space
@@ -89,7 +94,10 @@ SL_NUP = 5
 SL_NLEAF = 6
 SL_NSHADOW = 7
 SL_INSTR = 8  # instructions of the process image so far (sync points, see engine.run_records)
-NSLOTCOLS = 9
+SL_AGILE_NESTED = 9  # agile: the whole address space is walked nested (its root is not shadowed)
+SL_AGILE_WRITES = 10  # agile: writes to its shadowed root page-table page since the last scan
+SL_AGILE_DIRTY = 11  # agile, nested root: AGILE_DIRTY | AGILE_YOUNG flags (vmm/agile.py)
+NSLOTCOLS = 12
 
 # lim: table fill limits (used + tombstones) and frame capacity
 LIM_GUP = 0
@@ -111,5 +119,16 @@ ST_ERROR = 3
 
 ERR_LOOP = 1  # a translation did not settle after handling its faults (internal error)
 ERR_OOM = 2  # the guest has no free frame left (guest.memory_mib too small for the trace)
+
+# Agile paging: a shadow upper entry whose aux word is AGILE_SWITCH is a switching entry (its
+# value is the host frame of the guest page-table page below, walked nested); paging-structure
+# caches mark such guest tables with AGILE_GUEST in their payload.  Nested subtrees and roots
+# carry AGILE_DIRTY (written since the last scan) and AGILE_YOUNG (nested since the last scan);
+# an address space that started nested carries AGILE_NEW until it is shadowed.
+AGILE_SWITCH = 1
+AGILE_GUEST = 1 << 52
+AGILE_DIRTY = 1
+AGILE_YOUNG = 2
+AGILE_NEW = 4
 
 VMM_SPACE = 4096  # TLB key space of the VMM's own translations (guest slots are 0..4095)

@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
                    help="realistic: guest page-table levels (default 2, the study's guests)")
     p.add_argument("--capture", action="store_true",
                    help="capture the real programs that are not captured yet")
+    p.add_argument("--agile", action="store_true",
+                   help="realistic: agile paging too (needs --levels 4) and its table")
     p.add_argument("--markdown", action="store_true",
                    help="realistic: print the table as Markdown (what the docs quote)")
 
@@ -96,10 +98,12 @@ def _realistic(args, out, workers, only, log, con) -> int:
     with sigterm_as_interrupt():
         res = realistic.run(quick=args.quick, levels=tuple(args.levels), workers=workers,
                             capture=args.capture, real=args.real is not False, only=only,
-                            log=log)
+                            log=log, agile=args.agile)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "realistic.json", json.dumps(res, indent=2) + "\n", "results")
     text = realistic.markdown(res)
+    if args.agile:
+        text += "\n" + realistic.agile_markdown(res)
     atomic_write_text(out / "realistic.md", text, "results")
     if not args.quiet:
         print(text, end="")

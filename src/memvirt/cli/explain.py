@@ -1,4 +1,5 @@
-"""memvirt explain: one page walk, reference by reference, in native, shadow and nested mode."""
+"""memvirt explain: one page walk, reference by reference, in native, shadow and nested mode
+(and agile, with --modes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def add_arguments(p) -> None:
                    "tiny built-in example that touches ADDRESS")
     p.add_argument("--pid", type=int, help="process whose address space to walk (default: "
                    "the last one to access ADDRESS's page)")
+    p.add_argument("--modes", default="native,shadow,nested",
+                   help="comma-separated modes to explain (native, shadow, nested, agile; "
+                   "default native,shadow,nested)")
     add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
@@ -43,6 +47,11 @@ def run(args) -> int:
     from ..report.explain import explain, print_explanation
 
     address = parse_address(args.address)
+    modes = tuple(dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip()))
+    bad = [m for m in modes if m not in ("native", "shadow", "nested", "agile")]
+    if bad or not modes:
+        raise MemvirtError(f"--modes: unknown mode '{bad[0] if bad else ''}'; expected some of "
+                           "native, shadow, nested, agile")
     cfg = config_from_args(args)
     trace = None
     if args.trace:
@@ -58,7 +67,8 @@ def run(args) -> int:
             status.update(msg)
 
     try:
-        ex = explain(address, trace=trace, config=cfg, pid=args.pid, progress=progress)
+        ex = explain(address, trace=trace, config=cfg, pid=args.pid, modes=modes,
+                     progress=progress)
     finally:
         if status is not None:
             status.stop()

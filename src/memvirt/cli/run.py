@@ -9,14 +9,15 @@ from ..errors import MemvirtError
 from ._common import add_config_args, config_from_args, resolve_trace
 
 NAME = "run"
-HELP = "replay a trace under native, shadow, nested or selective paging"
+HELP = "replay a trace under native, shadow, nested, selective or agile paging"
 
 
 def add_arguments(p) -> None:
     p.add_argument("trace", help="trace file (parquet, lackey, champsim) or synth:NAME[:k=v,...]")
     p.add_argument("--mode", choices=MODE_CHOICES, default="native")
     p.add_argument("--policy", help="switching policy for --mode selective (dsp, cost, "
-                   "static, oracle or module:Class)")
+                   "static, oracle or module:Class), or agile policy for --mode agile (paper, "
+                   "all-shadow, all-nested or module:Class)")
     p.add_argument("--format", help="trace format if it cannot be detected")
     add_config_args(p)
     p.add_argument("--json", metavar="OUT", help="write the result as JSON ('-' for stdout)")
@@ -27,13 +28,22 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..fileio import atomic_write_text, check_output_path, dumps_json
 
-    if args.policy is not None and args.mode != "selective":
-        raise MemvirtError(f"--policy {args.policy} only applies to --mode selective (the "
-                           f"mode is {args.mode})")
+    if args.policy is not None and args.mode not in ("selective", "agile"):
+        raise MemvirtError(f"--policy {args.policy} only applies to --mode selective or agile "
+                           f"(the mode is {args.mode})")
     if args.json and args.json != "-":
         check_output_path(args.json, what="JSON result")  # before minutes of simulation
     cfg = config_from_args(args)
-    if args.policy is not None:
+    if args.mode == "agile":
+        from ..api import check_agile
+        from ..policy.agile import make_agile_policy
+
+        check_agile(cfg)
+        make_agile_policy(args.policy, cfg)  # a bad name or plug-in: an error before the run
+    elif cfg.agile.model_fields_set:
+        raise MemvirtError(f"agile.{sorted(cfg.agile.model_fields_set)[0]} is set but the mode "
+                           f"is {args.mode}: agile settings apply to --mode agile only")
+    elif args.policy is not None:
         from ..policy import check_policy_name
 
         check_policy_name(args.policy)
@@ -114,4 +124,9 @@ def print_summary(d: dict) -> None:
         t.add_row("mode switches", str(s["switches"]))
         for m, f in s["time_fraction_in_mode"].items():
             t.add_row(f"  time in {m}", f"{100 * f:.1f}%")
+    if d.get("agile"):
+        c = d["counters"]
+        t.add_row("agile: subtrees to nested", f"{c['agile_to_nested']:,}")
+        t.add_row("agile: subtrees back to shadow", f"{c['agile_to_shadow']:,}")
+        t.add_row("agile: scans", f"{d['agile']['scans']:,}")
     con.print(t)

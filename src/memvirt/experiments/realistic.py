@@ -12,7 +12,10 @@ Workloads: the real-program suite (``memvirt workloads``; only those already cap
 ``capture=True``), the SPEC-like stand-ins of ``trace.synth.suite.spec_suite`` and the fork /
 mmap churn microbenchmarks (named as such).  ``quick`` uses the short variants (tests).
 
-``memvirt experiment realistic [--quick] [--levels 2 4] [--markdown]``.
+With ``agile``: agile paging too (4-level guests only: the paper's x86-64; ``agile_markdown``
+gives its table: agile against shadow, nested, selective and native, and its moves).
+
+``memvirt experiment realistic [--quick] [--levels 2 4] [--agile] [--markdown]``.
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def _run_one(job) -> dict:
     from ..counters import INSTR
     from ..trace.synth.suite import POLICY_PERIOD, POLICY_WINDOW
 
-    entry, levels, warmup = job
+    entry, levels, warmup, *more = job
+    modes = MODES + (("agile",) if more and more[0] else ())
     if entry.category == "microbenchmark":
         from ..trace.synth.suite import MICRO_WARMUP
 
@@ -105,7 +109,7 @@ def _run_one(job) -> dict:
     res = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dsp's window warnings: reported per run below
-        for mode in MODES:
+        for mode in modes:
             res[mode] = simulate(_open(entry), cfg, mode)
     nat = res["native"].to_dict(samples=False)
     steady = {m: r.cycles for m, r in res.items()}
@@ -126,15 +130,37 @@ def _run_one(job) -> dict:
         "dsp_vs_best": steady["selective"] / better,
         "dsp_switches": int(sel.get("switches", 0)),
         "cycles_steady": steady, "cycles_whole": whole,
+        **(_agile_figures(res, steady, whole) if "agile" in res else {}),
     }
 
 
+def _agile_figures(res, steady, whole) -> dict:
+    from .. import counters as K
+
+    best = min(steady["shadow"], steady["nested"])
+    c = res["agile"].counters
+    return {"agile_vs_best": steady["agile"] / best,
+            "agile_vs_selective": steady["agile"] / steady["selective"],
+            "agile_vs_native": steady["agile"] / steady["native"],
+            "best_vs_native": best / steady["native"],
+            "agile_vs_best_whole": whole["agile"] / min(whole["shadow"], whole["nested"]),
+            "agile_to_nested": int(res["agile"].whole[K.AGILE_TO_NESTED]),
+            "agile_to_shadow": int(res["agile"].whole[K.AGILE_TO_SHADOW]),
+            "agile_exits_per_ki": K.exits_total(c) * 1000 / max(1, int(c[K.INSTR])),
+            "agile_walk_refs_per_walk": int(c[K.WALK_REFS]) / max(1, int(c[K.WALKS]))}
+
+
 def run(quick: bool = False, levels=(2,), workers: int | None = None, capture: bool = False,
-        real: bool = True, synthetic: bool = True, only=None, log=None) -> dict:
+        real: bool = True, synthetic: bool = True, only=None, log=None,
+        agile: bool = False) -> dict:
     ents = entries(quick, capture, real, synthetic, only, log)
     warmup = QUICK_WARMUP if quick else WARMUP
+    if agile and min(levels) < 3:
+        from ..errors import ConfigError
+
+        raise ConfigError("agile paging is modelled for 64-bit guests: run it with --levels 4")
     # The real programs are x86-64 processes: their addresses need a 4-level guest.
-    jobs = [(e, lv, warmup) for e in ents
+    jobs = [(e, lv, warmup, agile) for e in ents
             for lv in (sorted({max(lv, REAL_LEVELS) for lv in levels}) if e.category == "real"
                        else levels)]
     workers = max(1, min(workers or (os.cpu_count() or 1), len(jobs) or 1))
@@ -151,7 +177,36 @@ def run(quick: bool = False, levels=(2,), workers: int | None = None, capture: b
                 if log:
                     log(f"{j[0].name} ({j[1]}-level): done")
     return {"experiment": "realistic", "profile": PROFILE, "quick": quick,
-            "warmup_instructions": warmup, "levels": list(levels), "rows": rows}
+            "warmup_instructions": warmup, "levels": list(levels), "agile": agile,
+            "rows": rows}
+
+
+def agile_markdown(results: dict) -> str:
+    """Agile paging against the other modes (``run(agile=True)``), as printed."""
+    from ..policy.agile import SCAN_INSTRUCTIONS
+
+    lines = [f"Profile `{results['profile']}`, 4-level guests, warm-up "
+             f"{results['warmup_instructions']:,} instructions"
+             f"{' (quick variants)' if results['quick'] else ''}; agile with the paper's "
+             f"policy (scans every {SCAN_INSTRUCTIONS:,} instructions). Cycles over the "
+             "better static mode (best), selective paging (dsp) and native, steady state; "
+             "below 1: agile paging is faster.", "",
+             "| workload | kind | instructions | SP/HAP | best / native | dsp / best "
+             "| agile / best | agile / dsp | agile / native | agile / best, whole run "
+             "| to nested | to shadow | exits /KI | refs / walk |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if "agile_vs_best" not in r:
+            continue
+        lines.append(
+            f"| {r['workload']} | {r['category']} | {r['instructions'] / 1e9:.2f} G "
+            f"| {r['sp_hap_steady']:.3f} | {r['best_vs_native']:.3f} "
+            f"| {r['dsp_vs_best']:.3f} | {r['agile_vs_best']:.3f} "
+            f"| {r['agile_vs_selective']:.3f} | {r['agile_vs_native']:.3f} "
+            f"| {r['agile_vs_best_whole']:.3f} | {r['agile_to_nested']:,} "
+            f"| {r['agile_to_shadow']:,} | {r['agile_exits_per_ki']:.3g} "
+            f"| {r['agile_walk_refs_per_walk']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(results: dict) -> str:

@@ -1,8 +1,9 @@
 """The guest OS model: demand paging, copy-on-write, munmap/brk, fork/exec/exit, CR3 loads.
 
-Every guest page-table write goes through ``vmm.shadow.on_guest_pte_write`` so that,
-under shadow paging, writes to write-protected page-table pages exit; under nested
-paging and natively that call does nothing.  Page-table pages are allocated on
+Every guest page-table write goes through ``vmm.agile.on_guest_pte_write`` so that,
+under shadow paging (and for the shadowed part under agile paging), writes to
+write-protected page-table pages exit; under nested paging and natively that call does
+nothing.  Page-table pages are allocated on
 demand and kept until the address space dies (munmap does not free them).
 """
 
@@ -13,7 +14,7 @@ from numba import njit
 from .. import counters as K
 from .. import state as X
 from ..hw.tlb import flush_tlbs, invlpg_tlbs
-from ..vmm import shadow
+from ..vmm import agile, shadow
 from ..vmm.p2m import vm_exit
 from .frames import alloc_gfn, put_frame
 from .pagetable import STRIDE, TOMB, collect, find, make_key, put
@@ -38,7 +39,8 @@ def new_address_space(st, slot):
     slots[slot, X.SL_NLEAF] = 0
     slots[slot, X.SL_NSHADOW] = 0
     slots[slot, X.SL_INSTR] = 0
-    if S[X.S_MODE] == X.MODE_SHADOW and S[X.S_CUR] == slot:
+    agile.new_address_space(st, slot)
+    if shadow.traps(st, slot) and S[X.S_CUR] == slot:
         shadow.new_root(st, slot)
 
 
@@ -50,7 +52,7 @@ def cr3_load(st, slot):
     S[X.S_CUR] = slot
     if S[X.S_PCID] == 0:
         flush_tlbs(st)
-    if S[X.S_MODE] == X.MODE_SHADOW:
+    if shadow.traps(st, slot):  # (agile: a wholly nested address space needs no shadow)
         vm_exit(st, K.EXIT_CR3)
         shadow.oos_resync_all(st)
         if slots[slot, X.SL_SROOT] < 0:
@@ -60,19 +62,18 @@ def cr3_load(st, slot):
 @njit(cache=True, _nrt=False)
 def guest_flush(st):
     """The guest flushes its whole TLB (a CR3 reload): exits under shadow paging."""
-    S = st.scalars
     flush_tlbs(st)
-    if S[X.S_MODE] == X.MODE_SHADOW:
+    if shadow.traps(st, st.scalars[X.S_CUR]):
         vm_exit(st, K.EXIT_CR3)
         shadow.oos_resync_all(st)
 
 
 @njit(cache=True, _nrt=False)
 def guest_invlpg(st, slot, vpn):
-    S, C = st.scalars, st.counters
+    C = st.counters
     C[K.INVLPGS] += 1
     invlpg_tlbs(st, slot, vpn)
-    if S[X.S_MODE] == X.MODE_SHADOW:
+    if shadow.traps(st, slot):
         vm_exit(st, K.EXIT_INVLPG)
         shadow.oos_resync_page(st, slot, vpn << 12)
 
@@ -96,7 +97,7 @@ def kmap_page_tables(st, slot, n):
     C[K.INVLPGS] += n
     for _ in range(n):
         invlpg_tlbs(st, X.VMM_SPACE - 1, FIXMAP_VPN)  # kernel mapping: not a process's
-        if S[X.S_MODE] == X.MODE_SHADOW:
+        if shadow.traps(st, slot):
             # out-of-sync shadows: the write unsyncs the fixmap's page table (the INVLPG
             # resyncs it again); without them it is emulated
             vm_exit(st, K.EXIT_UNSYNC if S[X.S_OOS] != 0 else K.EXIT_PTE_WRITE)
@@ -120,7 +121,7 @@ def page_fault(st, slot, va, leaf_i):
         else:  # the last sharer keeps the frame and just gets write access back
             g, h = old, gleaf[leaf_i * STRIDE + 2]
         put(gleaf, S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1], key0, (g << 2) | 1, h)
-        shadow.on_guest_pte_write(st, slot, 0, va)
+        agile.on_guest_pte_write(st, slot, 0, va)
         guest_invlpg(st, slot, va >> 12)  # ptep_clear_flush
         return
     C[K.GPF_DEMAND] += 1
@@ -132,11 +133,11 @@ def page_fault(st, slot, va, leaf_i):
             C[K.PT_PAGES] += 1
             put(gup, used_up, k, g, h)
             slots[slot, X.SL_NUP] += 1
-            shadow.on_guest_pte_write(st, slot, lv, va)
+            agile.on_guest_pte_write(st, slot, lv, va)
     g, h = alloc_gfn(st)
     put(gleaf, S[X.S_GLEAF_USED:X.S_GLEAF_USED + 1], key0, (g << 2) | 1, h)
     slots[slot, X.SL_NLEAF] += 1
-    shadow.on_guest_pte_write(st, slot, 0, va)
+    agile.on_guest_pte_write(st, slot, 0, va)
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -164,7 +165,7 @@ def _unmap_pages(st, slot, lo, hi):
         gleaf[j * STRIDE] = TOMB
         slots[slot, X.SL_NLEAF] -= 1
         C[K.PTE_UPDATES] += 1
-        shadow.on_guest_pte_write(st, slot, 0, c << 12)
+        agile.on_guest_pte_write(st, slot, 0, c << 12)
     return nl
 
 
@@ -228,7 +229,7 @@ def fork(st, parent, child):
         if v & 1:
             gleaf[j * STRIDE + 1] = cow
             C[K.PTE_UPDATES] += 1
-            shadow.on_guest_pte_write(st, parent, 0, c << 12)
+            agile.on_guest_pte_write(st, parent, 0, c << 12)
         put(gleaf, used_leaf, make_key(child, 0, c), cow, h)
         slots[child, X.SL_NLEAF] += 1
         refcnt[g] += 1
@@ -240,7 +241,7 @@ def fork(st, parent, child):
 def teardown(st, slot):
     """Free an address space: its mappings, its page-table pages and its shadow."""
     S, C, gup, gleaf, slots = st.scalars, st.counters, st.guest_upper, st.guest_leaf, st.spaces
-    if S[X.S_MODE] == X.MODE_SHADOW and slots[slot, X.SL_SROOT] >= 0:
+    if shadow.traps(st, slot) and slots[slot, X.SL_SROOT] >= 0:
         vm_exit(st, K.EXIT_PTE_WRITE)  # the first teardown write unshadows it all
     shadow.destroy(st, slot)
     scr = st.scratch

@@ -169,19 +169,18 @@ def translate_gpa(st, gfn, known_hfn):
 
 
 @njit(cache=True, _nrt=False, inline="always")
-def walk_2d(st, slot, va):
-    """Two-dimensional walk of the guest table under EPT.  Returns the guest leaf slot or -1.
+def _walk_nested(st, slot, va, lv, thfn, tgfn, known, flag):
+    """The two-dimensional part of a walk, from the level-``lv`` guest table: at host frame
+    ``thfn``, or (``thfn`` < 0) at guest frame ``tgfn`` whose backing ``known`` (or -1) the
+    walk translates first.  Paging-structure-cache entries it fills carry ``flag`` in their
+    payload (agile paging marks guest tables so).  Returns the guest leaf slot or -1.
 
     One loop, one call site for the nested translation (of each guest table and, last, of
     the data frame), so the whole walk inlines into the access path once.
     """
-    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, st.cache_stamp, st.cache_val, st.cache_geom, \
-        st.cache_last, st.cache_clock
-    gup, gleaf, slots = st.guest_upper, st.guest_leaf, st.spaces
-    C[K.WALKS] += 1
-    tgfn = slots[slot, X.SL_ROOT_GFN]
-    known = slots[slot, X.SL_ROOT_HFN]
-    lv, thfn = psc_start(st, slot, va, -1)
+    S, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.cache_tag, st.cache_stamp, \
+        st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
+    gup, gleaf = st.guest_upper, st.guest_leaf
     psc_key = -1  # PSC entry to fill once the child table's host frame is known
     psc_lv = 0
     leaf_i = -1
@@ -191,7 +190,8 @@ def walk_2d(st, slot, va):
             if lv < 0:  # that was the data frame: the walk is complete
                 return leaf_i
             if psc_key >= 0:
-                insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + psc_lv, psc_key, thfn)
+                insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + psc_lv, psc_key,
+                       thfn | flag)
         ref(st, (thfn << 12) + level_index(S, va, lv) * S[X.S_ENTRY_BYTES])
         if lv == 0:
             leaf_i = find(gleaf, make_key(slot, 0, va >> 12))
@@ -211,3 +211,49 @@ def walk_2d(st, slot, va):
             psc_lv = lv
         thfn = -1
         lv -= 1
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def walk_2d(st, slot, va):
+    """Two-dimensional walk of the guest table under EPT.  Returns the guest leaf slot or -1."""
+    slots = st.spaces
+    st.counters[K.WALKS] += 1
+    lv, thfn = psc_start(st, slot, va, -1)
+    return _walk_nested(st, slot, va, lv, thfn, slots[slot, X.SL_ROOT_GFN],
+                        slots[slot, X.SL_ROOT_HFN], 0)
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def walk_agile(st, slot, va):
+    """Agile paging's walk (Gandhi et al., ISCA 2016; ``vmm.agile``): the shadow table from
+    its root until a switching entry, whose value is the host frame of the guest table below,
+    then the guest table two-dimensionally.  A wholly nested address space walks as under
+    nested paging.  Returns (leaf slot or -1, whether it is a guest leaf).
+
+    With caches off, a switch below the level-``lv`` shadow entry reads n - 1 - lv shadow
+    entries and lv + 1 guest entries, and translates lv + 1 guest frames (the tables below
+    the first, and the data frame) through m - L EPT levels: n + (lv + 1)(m - L) references
+    (n levels, m EPT levels, L the host leaf level); wholly nested: (n + 1)(m - L) + n.
+    """
+    S, C, ctag, cstamp, cval, cgeom, clast, cclock = st.scalars, st.counters, st.cache_tag, \
+        st.cache_stamp, st.cache_val, st.cache_geom, st.cache_last, st.cache_clock
+    sup, slots = st.shadow_upper, st.spaces
+    if slots[slot, X.SL_AGILE_NESTED] != 0:
+        return walk_2d(st, slot, va), True
+    C[K.WALKS] += 1
+    lv, table = psc_start(st, slot, va, slots[slot, X.SL_SROOT])
+    while table & X.AGILE_GUEST == 0:
+        ref(st, (table << 12) + level_index(S, va, lv) * 8)
+        if lv == 0:
+            return find(st.shadow_leaf, make_key(slot, 0, va >> 12)), False
+        k = make_key(slot, lv, va >> level_shift(S, lv))
+        i = find(sup, k)
+        if i < 0:
+            return -1, False
+        table = sup[i * STRIDE + 1]
+        if sup[i * STRIDE + 2] == X.AGILE_SWITCH:
+            table |= X.AGILE_GUEST
+        insert(ctag, cstamp, cval, cgeom, clast, cclock, PSC0 + lv, k, table)
+        lv -= 1
+    return _walk_nested(st, slot, va, lv, table & (X.AGILE_GUEST - 1), -1, -1,
+                        X.AGILE_GUEST), True

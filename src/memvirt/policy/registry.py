@@ -73,24 +73,31 @@ def resolve_policy_class(spec: str) -> type:
     """The class for a registered name or ``module:Class`` (which imports the module)."""
     check_policy_name(spec)
     if ":" in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise ConfigError(f"policy '{spec}': cannot import module '{mod_name}': {e}") from None
-        except (Exception, SystemExit) as e:  # noqa: BLE001 - a broken user module
-            raise ConfigError(f"policy '{spec}': importing module '{mod_name}' failed: "
-                              f"{exception_text(e)}") from None
-        obj: Any = mod
-        for part in attr.split("."):
-            if not hasattr(obj, part):
-                raise ConfigError(f"policy '{spec}': module '{mod_name}' has no '{attr}'")
-            obj = getattr(obj, part)
+        obj = import_object(spec)
         if not (isinstance(obj, type) and callable(getattr(obj, "decide", None))):
-            raise ConfigError(f"policy '{spec}': '{attr}' is not a policy class "
-                              "(a class with a decide(samples, current) method)")
+            raise ConfigError(f"policy '{spec}': '{spec.partition(':')[2]}' is not a policy "
+                              "class (a class with a decide(samples, current) method)")
         return obj
     return policies()[spec]
+
+
+def import_object(spec: str) -> Any:
+    """The object ``module:attr`` names (the module is imported: user code, contained: any
+    failure is a ``ConfigError`` naming ``spec``)."""
+    mod_name, _, attr = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"policy '{spec}': cannot import module '{mod_name}': {e}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a broken user module
+        raise ConfigError(f"policy '{spec}': importing module '{mod_name}' failed: "
+                          f"{exception_text(e)}") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"policy '{spec}': module '{mod_name}' has no '{attr}'")
+        obj = getattr(obj, part)
+    return obj
 
 
 class _Adapter(Policy):

@@ -316,6 +316,12 @@ def compare(traces, modes: Iterable[str] = ALL_MODES, policy="dsp", config=None,
         workers = os.cpu_count() or 1
     workers = max(1, min(int(workers), len(jobs)))
     pol = policy if "selective" in modes else None
+    if "agile" in modes:  # (agile runs take config agile.policy)
+        from ..api import check_agile
+        from ..policy.agile import make_agile_policy
+
+        check_agile(cfg)
+        make_agile_policy(None, cfg)
     if isinstance(pol, str):
         from ..policy import make_policy
         from ..policy.oracle import needs_oracle_run

@@ -331,7 +331,7 @@ class _Walker:
     # -- two-dimensional walk
     def walk_2d(self, slot: int, va: int) -> int:
         m, c, n = self.m, self.c, self.n
-        gup, gleaf = m.gup, m.gleaf
+        gup = m.gup
         lv = n - 1
         tgfn = int(m.slots[slot, X.SL_ROOT_GFN])
         thfn = -1
@@ -349,6 +349,14 @@ class _Walker:
                     result=f"{LEVEL_NAMES[lv + 1]} at hPA 0x{thfn << 12:x}; skips "
                     f"{n - 1 - lv} level{'s' if n - 1 - lv > 1 else ''} and their EPT walks"))
                 break
+        return self.nested_part(slot, va, lv, thfn, tgfn)
+
+    def nested_part(self, slot: int, va: int, lv: int, thfn: int, tgfn: int) -> int:
+        """The guest table from level ``lv`` (at hPA ``thfn``, or gPA ``tgfn`` translated
+        first when ``thfn`` < 0) down, two-dimensionally (as ``hw.walk._walk_nested``)."""
+        m, c = self.m, self.c
+        gup, gleaf = m.gup, m.gleaf
+        flag = X.AGILE_GUEST if int(self.S[X.S_MODE]) == X.MODE_AGILE else 0
         while True:
             if thfn < 0:
                 thfn = self.translate_gpa(tgfn, f"guest {LEVEL_NAMES[lv + 1]}")
@@ -378,8 +386,56 @@ class _Walker:
             thfn = self.translate_gpa(tgfn, f"guest {LEVEL_NAMES[lv]}")
             if thfn < 0:
                 return -1
-            c.insert(hwc.PSC0 + lv, k, thfn)
+            c.insert(hwc.PSC0 + lv, k, thfn | flag)
             lv -= 1
+
+    # -- agile walk (as hw.walk.walk_agile)
+    def walk_agile(self, slot: int, va: int) -> tuple[int, bool]:
+        """Returns (leaf slot or -1, whether the leaf is the guest's)."""
+        m, c, n = self.m, self.c, self.n
+        if int(m.slots[slot, X.SL_AGILE_NESTED]):
+            return self.walk_2d(slot, va), True
+        lv = n - 1
+        table = int(m.slots[slot, X.SL_SROOT])
+        for probe in range(1, n):
+            i = c.lookup(hwc.PSC0 + probe, make_key(slot, probe, va >> self.shift(probe)))
+            if i >= 0:
+                lv = probe - 1
+                table = int(c.val[i])
+                guest = bool(table & X.AGILE_GUEST)
+                self.e.steps.append(Step(
+                    "psc", table="guest" if guest else "shadow", level=probe + 1,
+                    purpose=f"{PSC_NAMES.get(probe + 1, 'PSC')}: gVA "
+                    f"{_range(va, self.shift(probe))}",
+                    result=f"{'guest ' if guest else ''}{LEVEL_NAMES[lv + 1]} at hPA "
+                    f"0x{(table & (X.AGILE_GUEST - 1)) << 12:x}; skips {n - 1 - lv} "
+                    f"level{'s' if n - 1 - lv > 1 else ''}"))
+                break
+        while not table & X.AGILE_GUEST:
+            paddr = (table << 12) + self.index(va, lv) * 8
+            k = make_key(slot, lv, va >> self.shift(lv))
+            if lv == 0:
+                i = _find(m.sleaf, k)
+                self.ref(paddr, table="shadow", level=1,
+                         result=(f"page at hPA 0x{(int(m.sleaf[i * STRIDE + 1]) >> 1) << 12:x}"
+                                 if i >= 0 else "not present"))
+                return i, False
+            i = _find(m.sup, k)
+            if i < 0:
+                self.ref(paddr, table="shadow", level=lv + 1, result="not present")
+                return -1, False
+            nxt = int(m.sup[i * STRIDE + 1])
+            switch = int(m.sup[i * STRIDE + 2]) == X.AGILE_SWITCH
+            self.ref(paddr, table="shadow", level=lv + 1,
+                     result=(f"SWITCH: guest {LEVEL_NAMES[lv]} at hPA 0x{nxt << 12:x}, "
+                             "walked nested below" if switch
+                             else f"{LEVEL_NAMES[lv]} at hPA 0x{nxt << 12:x}"))
+            table = nxt | (X.AGILE_GUEST if switch else 0)
+            c.insert(hwc.PSC0 + lv, k, table)
+            lv -= 1
+        j = _find(m.gup, make_key(slot, lv + 1, va >> self.shift(lv + 1)))
+        tgfn = int(m.gup[j * STRIDE + 1]) if j >= 0 else -1
+        return self.nested_part(slot, va, lv, table & (X.AGILE_GUEST - 1), tgfn), True
 
 
 def _range(va: int, shift: int) -> str:
@@ -414,7 +470,14 @@ def replay(trace, config, mode: str):
     from ..engine import Machine
     from ..trace.base import open_trace
 
-    m = Machine(config, X.MODES[mode])
+    settings = None
+    if mode == "agile":  # (no scans: a replay has no periods)
+        from ..api import check_agile
+        from ..policy.agile import make_agile_policy
+
+        check_agile(config)
+        settings = make_agile_policy(None, config).settings()
+    m = Machine(config, X.MODES[mode], settings)
     src = open_trace(trace)
 
     def no_period():  # static modes never stop for periods (the boundary is 2**62)
@@ -478,9 +541,21 @@ def explain_machine(m, mode: str, address: int, slot: int, caches: bool) -> Walk
             frame = int(m.sleaf[i * STRIDE + 1]) >> 1
             e.final = f"gVA 0x{va:x} -> hPA 0x{(frame << 12) | (va & 4095):x}"
     else:
-        i = w.walk_2d(slot, va)
+        if mode == "agile":
+            if not (int(m.slots[slot, X.SL_AGILE_NESTED]) or int(m.slots[slot, X.SL_SROOT]) >= 0):
+                e.final = "no shadow table for this process yet (built at its next CR3 load)"
+                return e
+            i, guest_leaf = w.walk_agile(slot, va)
+            if i >= 0 and not guest_leaf:
+                e.found = True
+                frame = int(m.sleaf[i * STRIDE + 1]) >> 1
+                e.final = (f"gVA 0x{va:x} -> hPA 0x{(frame << 12) | (va & 4095):x} (a "
+                           "wholly shadowed path)")
+                return e
+        else:
+            i = w.walk_2d(slot, va)
         e.found = i >= 0
-        if e.found:
+        if e.found and not e.final:
             g = int(m.gleaf[i * STRIDE + 1]) >> 2
             h = w.hfn_of(g)
             e.final = (f"gVA 0x{va:x} -> gPA 0x{(g << 12) | (va & 4095):x} -> hPA "
@@ -488,7 +563,9 @@ def explain_machine(m, mode: str, address: int, slot: int, caches: bool) -> Walk
     if not e.found:
         e.steps.append(Step("fault", purpose="entry not present",
                             result={"shadow": "VM exit: hidden fault (fill the shadow) or true "
-                                              "fault (inject into the guest)"}
+                                              "fault (inject into the guest)",
+                                    "agile": "in the shadowed part a VM exit (as shadow); in a "
+                                             "nested part a guest page fault"}
                             .get(mode, "guest page fault")))
         e.final = e.final or "not mapped: the access would fault"
     return e
@@ -561,7 +638,9 @@ def print_explanation(ex: Explanation, console=None) -> None:
         con.print(f"[yellow]note:[/] {note}")
     titles = {"native": "Native walk: the guest table, gVA -> PA (1D)",
               "shadow": "Shadow walk: the VMM's shadow table, gVA -> hPA (1D)",
-              "nested": "Nested walk: guest table and EPT, gVA -> gPA -> hPA (2D)"}
+              "nested": "Nested walk: guest table and EPT, gVA -> gPA -> hPA (2D)",
+              "agile": "Agile walk: the shadow table down to a switching entry, then the "
+                       "guest table and EPT (1D, then 2D)"}
     for w in ex.walks:
         state = "walk caches as the replay left them" if w.caches else "all walk caches OFF"
         t = Table(title=f"[bold]{titles[w.mode]}[/] -- {state}", title_justify="left",
@@ -583,7 +662,12 @@ def print_explanation(ex: Explanation, console=None) -> None:
                          "fault": "FAULT"}[s.kind]
                 t.add_row("", label, level_name(s.level) if s.level else "", "", "",
                           s.purpose, s.result, style="italic")
-        if w.mode == "nested":
+        if w.mode == "agile":
+            shadow_refs = sum(1 for s in w.steps if s.kind == "ref" and s.table == "shadow")
+            tail = (f"{_plural(w.refs, 'reference')} ({shadow_refs} into the shadow table, "
+                    f"{w.refs - w.nested_refs - shadow_refs} into the guest table, "
+                    f"{w.nested_refs} into the EPT)")
+        elif w.mode == "nested":
             tail = (f"{_plural(w.refs, 'reference')} ({w.nested_refs} into the EPT, "
                     f"{w.refs - w.nested_refs} into the guest table)")
         else:
@@ -605,6 +689,11 @@ def print_explanation(ex: Explanation, console=None) -> None:
                   f"{off.get('shadow', '-')} references (one per guest level), nested "
                   f"{off.get('nested', '-')}: every guest table pointer is a gPA that needs "
                   f"its own EPT walk, {formula}.")
+        if "agile" in off:
+            con.print(f"Agile, without caches: {off['agile']} references: n + (p+1)(m-L) for "
+                      f"a switch to the guest table of level p (p = 0: the leaf page table) "
+                      f"(n = {n}, m = {mlev}, L = {skip}), the nested walk's count for a wholly "
+                      f"nested address space, n for a wholly shadowed path.")
 
 
 __all__ = ["Explanation", "Step", "WalkExplanation", "example_trace", "explain",

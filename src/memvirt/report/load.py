@@ -20,7 +20,8 @@ from .. import counters as K
 from ..errors import MemvirtError
 from ..fileio import atomic_path, write_json
 
-ALL_MODES = ("native", "shadow", "nested", "selective")
+ALL_MODES = ("native", "shadow", "nested", "selective")  # what compare runs by default
+KNOWN_MODES = (*ALL_MODES, "agile")  # what a results file may hold
 STATIC_MODES = ("shadow", "nested")
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -81,7 +82,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "base": ("base", "memory"),  # the program's own work: compute and data stalls
     "translation": ("tlb", "walk"),
     "guest": ("guest_fault", "guest_os"),
-    "vmm": (*(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt"),
+    "vmm": (*(f"vmm_{r}" for r in EXIT_REASONS), "vmm_shadow_mgmt", "vmm_agile"),
     "switch": ("mode_switch",),
 }
 
@@ -107,7 +108,7 @@ def row_from_result(trace: str, d: dict) -> dict:
         "normalized_to_best_static": None,
     }
     for k in K.BREAKDOWN_KEYS:
-        row[f"cyc_{k}"] = float(bd[k])
+        row[f"cyc_{k}"] = float(bd.get(k, 0.0))  # (older results lack the newer categories)
     row.update({
         "tlb_misses": int(d["tlb_misses"]),
         "tlb_misses_per_ki": float(d["rates"]["tlb_misses_per_ki"]),
@@ -400,7 +401,7 @@ def _check_row(r, where: str) -> None:
             _need(isinstance(v, int) and not isinstance(v, bool), w, "an integer")
         else:
             _need(_is_num(v), w, "a finite number")
-    _need(r["mode"] in ALL_MODES, f"{where}.mode", f"one of {', '.join(ALL_MODES)}")
+    _need(r["mode"] in KNOWN_MODES, f"{where}.mode", f"one of {', '.join(KNOWN_MODES)}")
 
 
 _SAMPLE_NUMBERS = ("start_instruction", "instructions", "cycles", "tlb_misses_per_ki",
@@ -410,7 +411,7 @@ _SAMPLE_NUMBERS = ("start_instruction", "instructions", "cycles", "tlb_misses_pe
 def _check_run(run, where: str) -> None:
     _need(isinstance(run, dict), where, "a table with trace, mode and result")
     _need(isinstance(run.get("trace"), str), f"{where}.trace", "a string")
-    _need(run.get("mode") in ALL_MODES, f"{where}.mode", f"one of {', '.join(ALL_MODES)}")
+    _need(run.get("mode") in KNOWN_MODES, f"{where}.mode", f"one of {', '.join(KNOWN_MODES)}")
     res = run.get("result")
     _need(isinstance(res, dict), f"{where}.result", "a table (Result.to_dict())")
     samples = res.get("samples")
@@ -421,7 +422,7 @@ def _check_run(run, where: str) -> None:
         for k in _SAMPLE_NUMBERS:
             _need(_is_num(s.get(k)), f"{w}.{k}", "a finite number")
         _need(isinstance(s.get("index"), int), f"{w}.index", "an integer")
-        _need(s.get("mode") in ("native", "shadow", "nested"), f"{w}.mode", "a mode")
+        _need(s.get("mode") in ("native", "shadow", "nested", "agile"), f"{w}.mode", "a mode")
     sel = res.get("selective")
     if run["mode"] == "selective":
         _need(isinstance(sel, dict), f"{where}.result.selective", "a table")
@@ -508,7 +509,7 @@ def load_results(source) -> dict:
     return data
 
 
-__all__ = ["ALL_MODES", "COLUMN_NAMES", "COLUMN_TYPES", "FORMAT", "FORMAT_VERSION", "GROUPS",
+__all__ = ["ALL_MODES", "KNOWN_MODES", "COLUMN_NAMES", "COLUMN_TYPES", "FORMAT", "FORMAT_VERSION", "GROUPS",
            "RESULTS_CSV", "RESULTS_JSON", "RESULTS_PARQUET", "ROW_COLUMNS", "STATIC_MODES",
            "check_results", "group_cycles", "load_results", "normalize_rows", "read_csv",
            "read_parquet", "results_path", "row_from_result", "verdict_for_rows",

@@ -27,8 +27,8 @@ from ..fileio import atomic_path, ensure_dir
 from .load import RESULTS_JSON, load_results, results_path
 
 MODE_COLORS = {"native": "#7f7f7f", "shadow": "#1f77b4", "nested": "#ff7f0e",
-               "selective": "#2ca02c"}
-MODE_ORDER = ("native", "shadow", "nested", "selective")
+               "selective": "#2ca02c", "agile": "#9467bd"}
+MODE_ORDER = ("native", "shadow", "nested", "selective", "agile")
 PROGRAM_KEYS = ("base", "memory")  # the program's own cycles: compute and data stalls
 
 # Overhead categories as plotted: label -> breakdown keys ("base" and "memory", the program's
@@ -44,6 +44,7 @@ PLOT_GROUPS: list[tuple[str, tuple[str, ...], str]] = [
     ("VMM: EPT violations / populate", ("vmm_ept_violation", "vmm_populate"), "#e377c2"),
     ("VMM: shadow management", ("vmm_shadow_mgmt",), "#bcbd22"),
     ("mode switches", ("mode_switch",), "#17becf"),
+    ("VMM: agile moves and scans", ("vmm_agile",), "#7f7f7f"),
 ]
 assert sorted(k for _, keys, _ in PLOT_GROUPS for k in keys) == sorted(
     k for k in K.BREAKDOWN_KEYS if k not in PROGRAM_KEYS), "every overhead category must be plotted"

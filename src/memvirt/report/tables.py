@@ -10,7 +10,7 @@ from __future__ import annotations
 from .load import GROUPS, group_cycles, load_results
 
 MODE_STYLE = {"native": "bright_black", "shadow": "blue", "nested": "dark_orange",
-              "selective": "green"}
+              "selective": "green", "agile": "magenta"}
 GROUP_LABELS = {"base": "base", "translation": "TLB+walk", "guest": "guest OS",
                 "vmm": "VMM", "switch": "switch"}
 

@@ -54,7 +54,7 @@ from ..config import Config, _format_validation, _set_dotted
 from ..errors import ConfigError, MemvirtError
 from ..trace.records import COLUMNS, Trace
 
-MODES = ("native", "shadow", "nested", "selective")
+MODES = ("native", "shadow", "nested", "selective", "agile")
 TOP_KEYS = ("name", "description", "out", "modes", "policies", "config", "profile", "set",
             "grid", "zip", "trace", "traces", "max_runs")
 DEFAULT_MAX_RUNS = 100_000  # runs a spec may expand to (spec key max_runs, --max-runs)

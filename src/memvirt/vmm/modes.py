@@ -8,6 +8,9 @@ walk that fills them and who handles the faults:
   the guest at native cost, no exit.
 - shadow: 1D walk of the shadow table; every miss in it exits, and the VMM either
   fills the shadow (hidden fault) or injects a true fault into the guest.
+- agile: the shadow table's walk until a switching entry, then the guest table's 2D walk
+  (``vmm.agile``): a miss in the shadow part is handled as under shadow paging, one in a
+  nested part as under nested paging.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ..guest import os as guest
 from ..guest.pagetable import STRIDE, find, make_key
 from ..hw.cache import DTLB, ITLB, STLB, insert, invalidate, lookup
 from ..hw.tlb import tlb_key
-from ..hw.walk import walk_1d, walk_2d, walk_shadow_pae
+from ..hw.walk import walk_1d, walk_2d, walk_agile, walk_shadow_pae
 from . import shadow
 from .p2m import vm_exit
 
@@ -33,16 +36,19 @@ def _walk(st, slot, va, store):
     frame under virtualization."""
     S, gup, gleaf, sup, sleaf, slots = st.scalars, st.guest_upper, st.guest_leaf, st.shadow_upper, st.shadow_leaf, st.spaces
     mode = S[X.S_MODE]
+    shadowed = mode == X.MODE_SHADOW  # this walk's leaf is a shadow entry
     if mode == X.MODE_NESTED:
         i = walk_2d(st, slot, va)
-    elif mode == X.MODE_SHADOW and S[X.S_PAE_SHADOW] != 0:
+    elif mode == X.MODE_AGILE:
+        i, guest_leaf = walk_agile(st, slot, va)
+        shadowed = not guest_leaf
+    elif shadowed and S[X.S_PAE_SHADOW] != 0:
         i = walk_shadow_pae(st, slot, va)
     else:  # one call site: the walk inlines once
-        shadowed = mode == X.MODE_SHADOW
         i = walk_1d(st, sup if shadowed else gup, sleaf if shadowed else gleaf, slot,
                     slots[slot, X.SL_SROOT] if shadowed else slots[slot, X.SL_ROOT_GFN], va,
                     S[X.S_ENTRY_BYTES])  # shadows of a 32-bit guest: 4-byte too (PAE: its walk)
-    if mode == X.MODE_SHADOW:
+    if shadowed:
         if i >= 0:
             v = sleaf[i * STRIDE + 1]  # hfn << 1 | W
             if store == 0 or (v & 1) == 1:
@@ -60,7 +66,7 @@ def _walk(st, slot, va, store):
         if store == 0 or (v & 1) == 1:
             frame = (v >> 2) if mode == X.MODE_NATIVE else gleaf[i * STRIDE + 2]
             return (frame << 1) | (v & 1)
-    guest.page_fault(st, slot, va, i)
+    guest.page_fault(st, slot, va, i)  # (agile: a fault in a nested part, no exit)
     return -1
 
 

@@ -179,7 +179,10 @@ def back_frame(st, gfn):
         k = make_key(0, lv, gfn >> (9 * lv))
         if find(eup, k) < 0:
             put(eup, used, k, alloc_hfn(st, 1), 0)
-    if S[X.S_MODE] == X.MODE_NESTED:
+    cur = S[X.S_CUR]  # agile: as the running address space is walked (none: as new ones start)
+    if S[X.S_MODE] == X.MODE_NESTED or (S[X.S_MODE] == X.MODE_AGILE and (
+            st.spaces[cur, X.SL_AGILE_NESTED] != 0 if cur >= 0
+            else S[X.S_AGILE_START_NESTED] != 0)):
         vm_exit(st, K.EXIT_EPT_VIOLATION)
     else:
         vm_exit(st, K.EXIT_POPULATE)

@@ -25,12 +25,24 @@ from .p2m import alloc_hfn, free_hfn, vm_exit
 
 
 @njit(cache=True, _nrt=False)
-def _shadowed(st, slot, lv, va):
-    """Is the guest page-table page holding the level-``lv`` entry for ``va`` shadowed?"""
+def is_shadowed(st, slot, lv, va):
+    """Is the guest page-table page holding the level-``lv`` entry for ``va`` shadowed (and
+    so write-protected)?  Under agile paging a switching entry above it means it is walked
+    nested instead (``vmm.agile``)."""
     S, sup, slots = st.scalars, st.shadow_upper, st.spaces
     if lv == S[X.S_LEVELS] - 1:
         return slots[slot, X.SL_SROOT] >= 0
-    return find(sup, make_key(slot, lv + 1, va >> (12 + S[X.S_BITS] * (lv + 1)))) >= 0
+    i = find(sup, make_key(slot, lv + 1, va >> (12 + S[X.S_BITS] * (lv + 1))))
+    return i >= 0 and sup[i * STRIDE + 2] != X.AGILE_SWITCH
+
+
+@njit(cache=True, _nrt=False, inline="always")
+def traps(st, slot):
+    """Do the VMM's CR3-load, INVLPG and flush intercepts apply to address space ``slot``?
+    Under shadow paging always; under agile paging when its root is shadowed."""
+    mode = st.scalars[X.S_MODE]
+    return mode == X.MODE_SHADOW or (mode == X.MODE_AGILE and slot >= 0
+                                     and st.spaces[slot, X.SL_AGILE_NESTED] == 0)
 
 
 @njit(cache=True, _nrt=False)
@@ -68,6 +80,20 @@ def oos_drop_slot(st, slot):
 
 
 @njit(cache=True, _nrt=False)
+def oos_drop_range(st, slot, lo, hi):
+    """Forget unsynced leaf pages of ``slot`` that map pages [lo, hi) (their shadows go)."""
+    S, oos = st.scalars, st.oos_pages
+    bits = S[X.S_BITS]
+    j = 0
+    for i in range(S[X.S_OOS_N]):
+        p = oos[i] & ((1 << 45) - 1)
+        if (oos[i] >> 48) != slot or not (lo >> bits) <= p < (hi >> bits):
+            oos[j] = oos[i]
+            j += 1
+    S[X.S_OOS_N] = j
+
+
+@njit(cache=True, _nrt=False)
 def oos_resync_page(st, slot, va):
     """INVLPG of an address in an unsynced page resyncs that page (Xen)."""
     S, C, oos = st.scalars, st.counters, st.oos_pages
@@ -83,9 +109,11 @@ def oos_resync_page(st, slot, va):
 
 @njit(cache=True, _nrt=False)
 def on_guest_pte_write(st, slot, lv, va):
-    """The guest wrote its level-``lv`` entry for ``va`` (already updated in the guest table)."""
+    """The guest wrote its level-``lv`` entry for ``va`` (already updated in the guest table):
+    a write to a shadowed page exits (called under shadow paging, and by ``vmm.agile`` for
+    the shadowed part under agile paging)."""
     S, oos = st.scalars, st.oos_pages
-    if S[X.S_MODE] != X.MODE_SHADOW or not _shadowed(st, slot, lv, va):
+    if not is_shadowed(st, slot, lv, va):
         return
     if lv == 0 and S[X.S_OOS] != 0:
         pk = make_key(slot, 1, va >> (12 + S[X.S_BITS]))
@@ -120,9 +148,13 @@ def pages_per_shadow(S, lv):
 
 
 @njit(cache=True, _nrt=False)
-def _free_shadow(st, h, n):
+def free_shadow(st, h, lv):
+    """Free the shadow page(s) at ``h`` that a level-``lv`` shadow entry points to (the root
+    when ``lv`` is the top level); returns how many."""
+    n = pages_per_shadow(st.scalars, lv)
     for i in range(n):
         free_hfn(st, h + i)
+    return n
 
 
 @njit(cache=True, _nrt=False)
@@ -187,9 +219,10 @@ def destroy(st, slot):
         remove(sleaf, make_key(slot, 0, scr[0, t]))
     for i in range(nu):
         j = find(sup, make_key(slot, scr[1, i], scr[2, i]))
-        _free_shadow(st, sup[j * STRIDE + 1], pages_per_shadow(S, scr[1, i]))
+        if sup[j * STRIDE + 2] != X.AGILE_SWITCH:  # (agile: a switching entry has no shadow)
+            free_shadow(st, sup[j * STRIDE + 1], scr[1, i])
         sup[j * STRIDE] = TOMB
-    _free_shadow(st, slots[slot, X.SL_SROOT], pages_per_shadow(S, S[X.S_LEVELS] - 1))
+    free_shadow(st, slots[slot, X.SL_SROOT], S[X.S_LEVELS] - 1)
     freed = slots[slot, X.SL_NSHADOW]
     C[K.SHADOW_PAGES_FREED] += freed
     C[K.SHADOW_ROOTS] += 1
